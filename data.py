@@ -1,0 +1,310 @@
+"""MNIST for the training loop: read the files once, keep them as tensors on the
+device, and let a DataLoader serve whole batches.
+
+The usual tutorial pipeline turns every image into a PIL picture, converts and
+normalizes it, then stacks 64 of them into a batch: per-sample Python work that
+costs several times more than the model itself. Here the 60,000 images are
+converted once into one normalized float32 tensor on the training device, and a
+batch is a single `index_select` on it.
+"""
+
+import argparse
+import math
+import os
+import tempfile
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+MNIST_MEAN = 0.1307  # mean and standard deviation of the training pixels in [0, 1]
+MNIST_STD = 0.3081
+IMAGE_SIZE = 28
+NUM_CLASSES = 10
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+class DataError(Exception):
+    """A problem with the data files that the user can fix; the message says how."""
+
+
+# ----------------------------------------------------------------------------
+# Reading the files
+
+def raw_folder(root):
+    """torchvision's layout: <root>/MNIST/raw/<the four files>."""
+    return os.path.join(root, "MNIST", "raw")
+
+
+def read_idx(path, ndim):
+    """Read an IDX file: a big-endian header (magic number, then one 32-bit size
+    per dimension) followed by uint8 values. Returns a uint8 tensor."""
+    header_size = 4 + 4 * ndim
+    try:
+        with open(path, "rb") as f:
+            raw = bytearray(os.fstat(f.fileno()).st_size)
+            f.readinto(raw)
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({error.strerror})") from None
+    if len(raw) < header_size:
+        raise DataError(f"{path}: truncated, {len(raw)} bytes is not even a header")
+    magic = int.from_bytes(raw[0:4], "big")
+    if magic != 0x800 + ndim:  # 0x08 = unsigned bytes, then the number of dimensions
+        raise DataError(f"{path}: wrong magic number {magic:#010x}, expected "
+                        f"{0x800 + ndim:#010x}; this is not an MNIST file of this kind")
+    shape = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+    expected = header_size + math.prod(shape)
+    if len(raw) != expected:
+        raise DataError(f"{path}: {len(raw):,} bytes, expected {expected:,} for shape "
+                        f"{shape}; the file is truncated or corrupt")
+    return torch.frombuffer(raw, dtype=torch.uint8, offset=header_size).view(shape)
+
+
+def download(root):
+    """Let torchvision fetch the four files into <root>/MNIST/raw."""
+    # Imported here, not at the top: importing torchvision takes about two seconds
+    # and 175 MB, which every run would pay although the files are fetched once.
+    from torchvision.datasets import MNIST
+
+    try:
+        for train in (True, False):
+            MNIST(root, train=train, download=True)
+    except Exception as error:  # no network, a mirror down, a read-only folder, ...
+        names = ", ".join(name for pair in FILES.values() for name in pair)
+        reason = str(error).splitlines()[0].rstrip(":")
+        raise DataError(
+            f"MNIST is not in {raw_folder(root)} and downloading it failed ({reason}). "
+            f"Put the four uncompressed files there by hand ({names}; gunzip the "
+            f".gz files from any MNIST mirror), or pass --data-dir to a folder that "
+            f"has MNIST/raw/ with them") from None
+
+
+def load_split(root, split):
+    """The images (uint8, N x 28 x 28) and labels (uint8, N) of 'train' or 'test'."""
+    image_file, label_file = (os.path.join(raw_folder(root), name) for name in FILES[split])
+    if not (os.path.isfile(image_file) and os.path.isfile(label_file)):
+        download(root)
+    images = read_idx(image_file, ndim=3)
+    labels = read_idx(label_file, ndim=1)
+    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise DataError(f"{image_file}: images are {images.shape[1]}x{images.shape[2]}, "
+                        f"expected {IMAGE_SIZE}x{IMAGE_SIZE}")
+    if len(images) != len(labels):
+        raise DataError(f"{image_file} has {len(images)} images but {label_file} has "
+                        f"{len(labels)} labels")
+    if len(labels) and labels.max() >= NUM_CLASSES:
+        raise DataError(f"{label_file}: label {int(labels.max())} is not a digit 0-9")
+    return images, labels
+
+
+def normalize(images, mean=MNIST_MEAN, std=MNIST_STD):
+    """uint8 pixels (N x 28 x 28) -> float32 (N x 1 x 28 x 28) with zero mean and
+    unit variance over the training set, which keeps the first layer's inputs well
+    scaled for the optimizer."""
+    return images.unsqueeze(1).float().div_(255).sub_(mean).div_(std)
+
+
+# ----------------------------------------------------------------------------
+# Data augmentation
+
+class RandomDistortion:
+    """Data augmentation for a batch of normalized training images: each image
+    gets its own random rotation, scaling and shift and, if elastic_alpha > 0, an
+    elastic distortion (Simard et al., 2003). The whole batch is warped at once,
+    on its own device, by one grid_sample: no per-image Python work.
+
+    rotation: degrees, up to +-; scale: fraction, up to +-; shift: pixels, up to
+    +-; elastic_alpha: pixels of displacement for the smoothed random field;
+    elastic_sigma: pixels, how smooth that field is."""
+
+    def __init__(self, generator, rotation=10.0, scale=0.1, shift=2.0,
+                 elastic_alpha=0.0, elastic_sigma=4.0):
+        self.generator = generator  # on the images' device, seeded: reproducible
+        self.rotation, self.scale, self.shift = rotation, scale, shift
+        self.elastic_alpha = elastic_alpha
+        device = generator.device
+        # Every pixel centre as (x, y, 1), in grid_sample's units (-1 and 1 are
+        # the edges of the image), row by row: [784, 3].
+        centres = (torch.arange(IMAGE_SIZE, device=device) * 2 + 1) / IMAGE_SIZE - 1
+        y, x = torch.meshgrid(centres, centres, indexing="ij")
+        self.pixels = torch.stack([x.flatten(), y.flatten(), torch.ones_like(x.flatten())], dim=1)
+        # Gaussian smoothing along one axis as a 28 x 28 matrix: row i is the
+        # normalized Gaussian around pixel i, cut off at the image's edges.
+        offsets = torch.arange(-IMAGE_SIZE + 1, IMAGE_SIZE, device=device)
+        gaussian = torch.exp(-offsets ** 2 / (2 * elastic_sigma ** 2))
+        index = torch.arange(IMAGE_SIZE, device=device)
+        self.smoothing = (gaussian / gaussian.sum())[index[None, :] - index[:, None] + IMAGE_SIZE - 1]
+
+    def uniform(self, bound, *shape):
+        """Independent draws in [-bound, bound]."""
+        noise = torch.rand(*shape, device=self.generator.device, generator=self.generator)
+        return (2 * noise - 1) * bound
+
+    def __call__(self, images):
+        batch = len(images)
+        angle = self.uniform(math.radians(self.rotation), batch)
+        zoom = 1 + self.uniform(self.scale, batch)
+        shift_x, shift_y = self.uniform(2 * self.shift / IMAGE_SIZE, 2, batch)
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        # One 2 x 3 affine matrix per image, rows (cos, -sin, shift_x) and
+        # (sin, cos, shift_y); one matrix product applies them all to every
+        # pixel centre: grid[p, 2b + j] is coordinate j of pixel p in image b.
+        affine = torch.stack([cos, -sin, shift_x, sin, cos, shift_y], dim=1).view(2 * batch, 3)
+        grid = self.pixels @ affine.T
+        if self.elastic_alpha > 0:
+            grid = grid + self.elastic_field(batch)
+        # grid_sample wants, for each output pixel, where in the input to read:
+        # [batch, 28, 28, (x, y)].
+        grid = grid.view(IMAGE_SIZE, IMAGE_SIZE, batch, 2).permute(2, 0, 1, 3)
+        # Pixels pulled in from outside the image are background (black), which is
+        # not 0 after normalization: shift so that it is, warp, shift back.
+        black = -MNIST_MEAN / MNIST_STD
+        return F.grid_sample(images - black, grid, align_corners=False) + black
+
+    def elastic_field(self, batch):
+        """Random displacements of every pixel, smoothed with a Gaussian so that
+        neighbouring pixels move together; laid out like the grid: [784, 2 batch]."""
+        field = self.uniform(1.0, IMAGE_SIZE, IMAGE_SIZE * 2 * batch)
+        field = self.smoothing @ field  # smooth down each column ...
+        field = self.smoothing @ field.view(IMAGE_SIZE, IMAGE_SIZE, 2 * batch)  # ... and row
+        return field.view(IMAGE_SIZE * IMAGE_SIZE, 2 * batch) * (2 * self.elastic_alpha / IMAGE_SIZE)
+
+
+# ----------------------------------------------------------------------------
+# Batches
+
+class MNISTTensors(Dataset):
+    """Images and labels held as tensors on one device. `__getitem__` takes a whole
+    batch of indices and returns the whole batch, optionally transformed (for
+    example augmented) on the fly."""
+
+    def __init__(self, images, labels, transform=None):
+        self.images = images
+        self.labels = labels
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, indices):
+        # index_select copies whole rows; it is several times faster than
+        # images[indices], and far faster than indexing with a Python list.
+        images = self.images.index_select(0, indices)
+        if self.transform is not None:
+            images = self.transform(images)
+        return images, self.labels.index_select(0, indices)
+
+
+class BatchIndices(Sampler):
+    """A batch sampler: yields one tensor of indices per batch, on the data's
+    device. With a generator the order is reshuffled every epoch; without one it
+    is 0, 1, 2, ... (evaluation). torch's own BatchSampler would yield Python
+    lists built one index at a time, copied to the device at every step."""
+
+    def __init__(self, size, batch_size, device, generator=None):
+        self.size = size
+        self.batch_size = batch_size
+        self.device = device
+        self.generator = generator
+
+    def __len__(self):
+        return math.ceil(self.size / self.batch_size)
+
+    def __iter__(self):
+        if self.generator is None:
+            order = torch.arange(self.size, device=self.device)
+        else:  # drawn on the CPU, so a seed gives the same order on every device
+            order = torch.randperm(self.size, generator=self.generator).to(self.device)
+        return iter(order.split(self.batch_size))
+
+
+def make_loader(dataset, batch_size, generator=None):
+    """A DataLoader of (images float32 [B,1,28,28], labels int64 [B]) batches,
+    shuffled by `generator` if one is given."""
+    sampler = BatchIndices(len(dataset), batch_size, dataset.labels.device, generator)
+    return DataLoader(dataset, sampler=sampler, batch_size=None)  # the sampler batches
+
+
+def as_tensors(images, labels, device, mean=MNIST_MEAN, std=MNIST_STD):
+    """uint8 images and labels -> normalized float32 images and int64 labels on
+    `device` (cross-entropy wants int64 class indices)."""
+    return normalize(images.to(device), mean, std), labels.to(device).long()
+
+
+def train_val_sets(root, val_size, seed, device, transform=None):
+    """The 60,000 training images split by `seed` into a training set (with the
+    optional transform) and a validation set of `val_size` images."""
+    images, labels = load_split(root, "train")
+    if val_size >= len(labels):
+        raise DataError(f"--val-size {val_size} leaves no training images: the "
+                        f"training set in {root} has {len(labels)}")
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    val, train = order[:val_size], order[val_size:]
+    return (MNISTTensors(*as_tensors(images[train], labels[train], device), transform),
+            MNISTTensors(*as_tensors(images[val], labels[val], device)))
+
+
+def test_set(root, device, mean=MNIST_MEAN, std=MNIST_STD):
+    """The 10,000 test images, normalized as the model's training images were."""
+    return MNISTTensors(*as_tensors(*load_split(root, "test"), device, mean, std))
+
+
+# ----------------------------------------------------------------------------
+# Command-line pieces shared by train.py, evaluate.py and benchmark.py
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, except that a bad flag prints one line, not the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def device_flag(name):
+    """--device: 'auto' picks a GPU when there is one; a named device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("CUDA is not available on this machine (try --device cpu)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(
+            f"there is no {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError("MPS is not available on this machine (try --device cpu)")
+    return device
+
+
+def output_path(path):
+    """An output file flag: its folder must exist and take a new file now, so that
+    a typo is found before training, not after it."""
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{path} is a directory, not a file name")
+    if not os.path.exists(folder):
+        raise argparse.ArgumentTypeError(f"folder {folder} does not exist")
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"{folder} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot write into {folder}: {error.strerror}")
+    return path
+
+
+def add_data_flags(parser):
+    parser.add_argument("--device", type=device_flag, default="auto",
+                        help="auto, cpu, cuda, cuda:N or mps (auto: a GPU if there is one)")
+    parser.add_argument("--data-dir", default="./data",
+                        help="folder with MNIST/raw/ (downloaded there if missing)")
