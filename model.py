@@ -1,0 +1,120 @@
+"""The multi-layer perceptron, and the checkpoint file that stores it."""
+
+import os
+import re
+import warnings
+
+import torch
+from torch import nn
+
+CHECKPOINT_FORMAT = "mnist-mlp-checkpoint/1"
+
+
+class MLP(nn.Module):
+    """A multi-layer perceptron: linear layers with a pointwise non-linearity in
+    between. With one hidden layer it is the lecture's
+
+        h = relu(W1 x + b1)
+        y = W2 h + b2
+
+    where x is the image flattened to 784 numbers and y holds one logit (the log
+    odds) per class. The predicted class is the index of the largest logit,
+    `logits.argmax(dim=1)`. Softmax is not applied here: nn.CrossEntropyLoss does
+    it, fused with the log, which is faster and numerically stable.
+    """
+
+    def __init__(self, hidden=(512,), dropout=0.0, in_features=28 * 28, num_classes=10):
+        super().__init__()
+        # Everything needed to build this model again, stored in its checkpoint.
+        self.config = {"hidden": list(hidden), "dropout": dropout,
+                       "in_features": in_features, "num_classes": num_classes}
+        widths = [in_features, *hidden]
+        self.flatten = nn.Flatten()  # [B, 1, 28, 28] -> [B, 784]
+        self.hidden_layers = nn.ModuleList(
+            nn.Linear(n_in, n_out) for n_in, n_out in zip(widths, widths[1:]))
+        self.dropout = nn.Dropout(dropout)  # does nothing when dropout=0 or in eval()
+        self.output_layer = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x):
+        h = self.flatten(x)
+        for linear in self.hidden_layers:
+            h = self.dropout(torch.relu(linear(h)))  # h = relu(W x + b)
+        return self.output_layer(h)  # y = W h + b: the logits
+
+
+@torch.no_grad()
+def predict(model, loader):
+    """The model's logits for every batch of `loader`, and the labels, in order."""
+    model.eval()  # no dropout
+    batches = [(model(images), labels) for images, labels in loader]
+    return torch.cat([logits for logits, _ in batches]), torch.cat([labels for _, labels in batches])
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints
+
+class CheckpointError(Exception):
+    """A checkpoint file that cannot be used; the message says why."""
+
+
+def save_checkpoint(path, config, state_dict, normalization, **details):
+    """Write a self-describing checkpoint: the model's constructor arguments, its
+    weights, the input normalization it was trained with ({"mean": .., "std": ..})
+    and any `details` (training arguments, metrics).
+
+    Written to a temporary file in the same folder and then renamed over `path`:
+    a crash or Ctrl-C while writing leaves the previous file intact."""
+    checkpoint = {"format": CHECKPOINT_FORMAT, "config": config,
+                  "state_dict": {name: tensor.cpu() for name, tensor in state_dict.items()},
+                  "normalization": normalization, **details}
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it visible
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def load_checkpoint(path, device="cpu"):
+    """Rebuild the model from a checkpoint file alone. Returns (model, checkpoint).
+
+    weights_only=True restricts unpickling to tensors and plain data, so a
+    crafted file cannot run code here; it fails to load instead."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: " + ("is a directory, not a checkpoint file"
+                                             if os.path.isdir(path) else "no such file"))
+    try:
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # anything at all: this file is not one we can use
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if code:
+            raise CheckpointError(f"{path}: refused, it asks to import {code[1]}, which "
+                                  f"could run code; a checkpoint holds only tensors and "
+                                  f"plain data") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (empty, truncated, "
+                              f"corrupt or not a torch file)") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: a torch file, but not a checkpoint saved by train.py")
+    normalization = checkpoint.get("normalization")
+    if not (isinstance(normalization, dict)
+            and all(isinstance(normalization.get(key), float) for key in ("mean", "std"))
+            and normalization["std"] > 0):
+        raise CheckpointError(f"{path}: the input normalization is missing or invalid")
+    try:
+        # Built on the meta device (shapes only, no memory), then given the stored
+        # tensors: a config asking for a huge model allocates nothing, and weights
+        # of the wrong shape are refused by load_state_dict.
+        with torch.device("meta"):
+            model = MLP(**checkpoint["config"])
+        model.load_state_dict(checkpoint["state_dict"], assign=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{path}: the stored weights do not fit the stored model "
+                              f"({reason})") from None
+    return model.to(device), checkpoint
