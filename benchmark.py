@@ -1,0 +1,181 @@
+"""How fast does train.py train, next to the usual tutorial pipeline and next to
+the compute floor? One command, one table:
+
+    python benchmark.py [--device auto] [--batch-size N] [--hidden ...] [--epochs N] [--data-dir DIR]
+
+All three rows train the same model at the same batch size, on the same device,
+in float32, over the same 60,000 images per epoch:
+
+  ours          data.py's batches and train.py's own train_one_epoch, optimizer
+                and scheduler (imported, not copied)
+  conventional  the tutorial pipeline: torchvision's MNIST with ToTensor() and
+                Normalize() transforms, a DataLoader (num_workers=0) and the
+                textbook loop with a default Adam
+  floor         only the matrix products of the forward and backward passes, on
+                preallocated tensors: what no data pipeline or optimizer can beat
+
+Each row is the median of --epochs timed epochs after a warm-up. Without MNIST in
+--data-dir the benchmark writes random images of MNIST's shape to a temporary
+folder and uses those, so it always runs.
+"""
+
+import os
+import resource
+import statistics
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+import data
+import train
+from model import MLP
+
+
+def parse_args(argv=None):
+    defaults = train.parse_args([])
+    parser = data.ArgumentParser(description="Time ours, the tutorial pipeline and the floor.")
+    parser.add_argument("--hidden", type=train.positive_int, nargs="+", default=defaults.hidden)
+    parser.add_argument("--batch-size", type=train.positive_int, default=defaults.batch_size)
+    parser.add_argument("--epochs", type=train.positive_int, default=3,
+                        help="timed epochs per row, after one warm-up")
+    data.add_data_flags(parser)
+    return parser.parse_args(argv)
+
+
+def has_mnist(root):
+    return all(os.path.isfile(os.path.join(data.raw_folder(root), name))
+               for pair in data.FILES.values() for name in pair)
+
+
+def write_random_mnist(root, train_images=60000, test_images=10000):
+    """Random pixels and labels in the MNIST file format, where torchvision looks."""
+    os.makedirs(data.raw_folder(root))
+    generator = torch.Generator().manual_seed(0)
+    for split, count in (("train", train_images), ("test", test_images)):
+        for name, shape in zip(data.FILES[split], ([count, 28, 28], [count])):
+            values = torch.randint(0, 256 if len(shape) > 1 else 10, shape,
+                                   dtype=torch.uint8, generator=generator)
+            header = (0x800 + len(shape)).to_bytes(4, "big")
+            header += b"".join(size.to_bytes(4, "big") for size in shape)
+            with open(os.path.join(data.raw_folder(root), name), "wb") as f:
+                f.write(header + values.numpy().tobytes())
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_epoch_seconds(run_epoch, epochs, device):
+    """Warm up once, then the median wall time of `epochs` calls."""
+    run_epoch(warm_up=True)
+    seconds = []
+    for _ in range(epochs):
+        synchronize(device)
+        start = time.perf_counter()
+        run_epoch(warm_up=False)
+        synchronize(device)
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+def time_ours(args, root):
+    train_args = train.parse_args(["--hidden", *map(str, args.hidden),
+                                   "--batch-size", str(args.batch_size),
+                                   "--epochs", str(args.epochs + 1), "--val-size", "0"])
+    train_set, _ = data.train_val_sets(root, 0, train_args.seed, args.device)
+    train_loader = data.make_loader(train_set, args.batch_size, torch.Generator().manual_seed(0))
+    model = MLP(args.hidden).to(args.device)
+    optimizer = train.make_optimizer(model, train_args)
+    scheduler = train.make_scheduler(optimizer, train_args, len(train_loader))
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=train_args.label_smoothing)
+
+    def run_epoch(warm_up):
+        train.train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler)
+
+    return median_epoch_seconds(run_epoch, args.epochs, args.device), len(train_set)
+
+
+def time_conventional(args, root):
+    from torchvision import datasets, transforms
+
+    transform = transforms.Compose([transforms.ToTensor(),
+                                    transforms.Normalize((data.MNIST_MEAN,), (data.MNIST_STD,))])
+    dataset = datasets.MNIST(root, train=True, transform=transform)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True)
+    model = MLP(args.hidden).to(args.device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def run_epoch(warm_up):
+        model.train()
+        for step, (images, labels) in enumerate(loader):
+            if warm_up and step == 20:
+                break
+            images, labels = images.to(args.device), labels.to(args.device)
+            optimizer.zero_grad()
+            loss = F.cross_entropy(model(images), labels)
+            loss.backward()
+            optimizer.step()
+
+    return median_epoch_seconds(run_epoch, args.epochs, args.device), len(dataset)
+
+
+def time_floor(args, images):
+    """The products autograd runs for an MLP: forward x @ W.T per layer; backward
+    g.T @ x (weight gradient) per layer and g @ W (input gradient) for all layers
+    but the first."""
+    widths = [28 * 28, *args.hidden, data.NUM_CLASSES]
+    batch = args.batch_size
+    steps = -(-images // batch)
+
+    def tensor(*shape):
+        return torch.randn(*shape, device=args.device)
+
+    layers = [(tensor(batch, n_in), tensor(n_out, n_in), tensor(batch, n_out),
+               tensor(n_out, n_in), tensor(batch, n_in))
+              for n_in, n_out in zip(widths, widths[1:])]
+
+    def run_epoch(warm_up):
+        for _ in range(3 if warm_up else steps):
+            for x, weight, y, _, _ in layers:
+                torch.mm(x, weight.t(), out=y)
+            for i, (x, weight, y, weight_grad, x_grad) in enumerate(reversed(layers)):
+                torch.mm(y.t(), x, out=weight_grad)
+                if i < len(layers) - 1:
+                    torch.mm(y, weight, out=x_grad)
+
+    return median_epoch_seconds(run_epoch, args.epochs, args.device), images
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory() as scratch:
+        root, source = args.data_dir, f"MNIST in {args.data_dir}"
+        if not has_mnist(root):
+            root, source = scratch, "random images of MNIST's shape (no MNIST found)"
+            write_random_mnist(root)
+        print(f"model {[28 * 28, *args.hidden, 10]}, batch {args.batch_size}, float32, "
+              f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+        print(f"data: {source}; median of {args.epochs} epochs after a warm-up\n")
+        rows = {}
+        for name, timer in (("ours", time_ours), ("conventional", time_conventional)):
+            rows[name] = timer(args, root)
+        rows["floor"] = time_floor(args, rows["ours"][1])
+
+    print(f"{'':14}{'s/epoch':>9}{'images/s':>12}")
+    for name, (seconds, images) in rows.items():
+        print(f"{name:14}{seconds:9.3f}{images / seconds:12,.0f}")
+    ours, conventional, floor = (rows[name][0] / rows[name][1] for name in rows)
+    print(f"\nours / floor: {ours / floor:.2f}x the time   "
+          f"conventional / ours: {conventional / ours:.1f}x the time")
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak memory: {peak_mib:,.0f} MiB resident", end="")
+    if args.device.type == "cuda":
+        print(f", {torch.cuda.max_memory_allocated(args.device) / 2**20:,.0f} MiB on the GPU", end="")
+    print()
+
+
+if __name__ == "__main__":
+    main()
