@@ -1,0 +1,712 @@
+"""Tests for the MNIST MLP scripts: python -m pytest
+
+They need no network and no real MNIST: a small data set in the MNIST file format
+is written to a temporary folder and read through the real data.py code. Most
+command-line tests call a script's main() in this process, exactly as
+`python script.py ...` would, except that the interpreter is already running; a
+few run the real command line in a subprocess.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import benchmark
+import data
+import evaluate
+import train
+from model import MLP, CheckpointError, load_checkpoint, predict, save_checkpoint
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# ----------------------------------------------------------------------------
+# A small MNIST of our own, and ways to run the scripts
+
+def write_idx(path, values):
+    """The MNIST file format, written independently of data.py's reader."""
+    header = (0x800 + values.dim()).to_bytes(4, "big")
+    header += b"".join(size.to_bytes(4, "big") for size in values.shape)
+    with open(path, "wb") as f:
+        f.write(header + values.to(torch.uint8).numpy().tobytes())
+
+
+def synthetic_digits(count, generator):
+    """Ten fixed random blob patterns (one per class) with pixel noise: easy to
+    learn, so a few steps of training show whether learning works."""
+    patterns = (torch.rand(10, 28, 28, generator=torch.Generator().manual_seed(1)) > 0.75) * 200.0
+    labels = torch.arange(count) % 10
+    noise = torch.rand(count, 28, 28, generator=generator) * 55
+    return (patterns[labels] + noise).to(torch.uint8), labels.to(torch.uint8)
+
+
+def make_mnist(root, train_count=600, test_count=200):
+    raw = data.raw_folder(root)
+    os.makedirs(raw)
+    generator = torch.Generator().manual_seed(0)
+    for split, count in (("train", train_count), ("test", test_count)):
+        images, labels = synthetic_digits(count, generator)
+        write_idx(os.path.join(raw, data.FILES[split][0]), images)
+        write_idx(os.path.join(raw, data.FILES[split][1]), labels)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
+def mnist(tmp_path_factory):
+    return make_mnist(tmp_path_factory.mktemp("mnist"))
+
+
+@pytest.fixture(scope="session")
+def checkpoint(mnist, tmp_path_factory):
+    """A model trained for two epochs on the small data set."""
+    path = str(tmp_path_factory.mktemp("model") / "model.pt")
+    train.main(["--data-dir", mnist, "--epochs", "2", "--hidden", "64", "--val-size", "100",
+                "--batch-size", "50", "--device", "cpu", "--out", path])
+    return path
+
+
+def run(capsys, script, *argv):
+    """script.main(argv) as `python script.py argv` would run it: returns (exit
+    code, stdout, stderr). sys.exit("message") prints the message to stderr and
+    exits with 1; any other exception would be a traceback and fails the test."""
+    try:
+        script.main([str(arg) for arg in argv])
+        code = 0
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) or exit.code is None else 1
+        if isinstance(exit.code, str):
+            print(exit.code, file=sys.stderr)
+    out, err = capsys.readouterr()
+    return code or 0, out, err
+
+
+def run_command(*argv, **kwargs):
+    """The real command line, in a fresh Python."""
+    return subprocess.run([sys.executable, *map(str, argv)], cwd=HERE, capture_output=True,
+                          text=True, timeout=120, **kwargs)
+
+
+def assert_one_line_error(code, err, *expected):
+    assert code != 0
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    for text in expected:
+        assert text in err
+
+
+# ----------------------------------------------------------------------------
+# Shapes and dtypes
+
+@pytest.mark.parametrize("hidden", [[512], [32, 16]])
+def test_logits_have_one_column_per_class(hidden):
+    model = MLP(hidden)
+    assert model(torch.zeros(7, 1, 28, 28)).shape == (7, 10)
+
+
+def test_the_lecture_mlp_is_relu_of_w1_x_plus_b1_then_w2_h_plus_b2():
+    model = MLP([16])
+    x = torch.randn(3, 1, 28, 28)
+    first, second = model.hidden_layers[0], model.output_layer
+    h = torch.relu(x.flatten(1) @ first.weight.T + first.bias)
+    assert torch.allclose(model(x), h @ second.weight.T + second.bias, atol=1e-6)
+
+
+def test_batches_are_float_images_and_int64_labels_on_the_device(mnist):
+    train_set, val_set = data.train_val_sets(mnist, 100, seed=0, device=torch.device("cpu"))
+    assert (len(train_set), len(val_set)) == (500, 100)
+    batches = list(data.make_loader(train_set, 64, torch.Generator().manual_seed(0)))
+    assert [len(labels) for _, labels in batches] == [64] * 7 + [52]
+    images, labels = batches[0]
+    assert images.shape == (64, 1, 28, 28) and images.dtype == torch.float32
+    assert labels.shape == (64,) and labels.dtype == torch.int64  # uint8 on disk
+    assert labels.min() >= 0 and labels.max() <= 9
+    # Every image exactly once per epoch, in a new order each epoch.
+    epoch_labels = [torch.cat([labels for _, labels in data.make_loader(train_set, 64, gen)])
+                    for gen in [torch.Generator().manual_seed(0)] * 2]
+    assert sorted(epoch_labels[0].tolist()) == sorted(train_set.labels.tolist())
+
+
+def test_shuffling_changes_each_epoch_and_evaluation_is_in_order(mnist):
+    train_set, _ = data.train_val_sets(mnist, 0, seed=0, device=torch.device("cpu"))
+    shuffled = data.make_loader(train_set, 600, torch.Generator().manual_seed(0))
+    first, second = (next(iter(shuffled))[1] for _ in range(2))
+    assert not torch.equal(first, second)
+    assert sorted(first.tolist()) == sorted(second.tolist())
+    in_order = data.make_loader(train_set, 600)
+    assert torch.equal(next(iter(in_order))[1], train_set.labels)
+
+
+def test_images_are_normalized_with_the_mnist_constants():
+    pixels = torch.zeros(1, 28, 28, dtype=torch.uint8)
+    pixels[0, :, 14:] = 255
+    images = data.normalize(pixels)
+    assert images.shape == (1, 1, 28, 28)
+    assert images.min().item() == pytest.approx(-data.MNIST_MEAN / data.MNIST_STD)
+    assert images.max().item() == pytest.approx((1 - data.MNIST_MEAN) / data.MNIST_STD)
+
+
+def test_validation_split_is_chosen_by_the_seed_and_disjoint(mnist):
+    def labels_and_images(seed):
+        train_set, val_set = data.train_val_sets(mnist, 100, seed, torch.device("cpu"))
+        return train_set.images, val_set.images
+
+    train_a, val_a = labels_and_images(0)
+    train_b, val_b = labels_and_images(1)
+    assert torch.equal(val_a, labels_and_images(0)[1])
+    assert not torch.equal(val_a, val_b)
+    # No validation image is also a training image.
+    flat_train, flat_val = train_a.flatten(1), val_a.flatten(1)
+    assert not (flat_val[:, None, :] == flat_train[None, :, :]).all(dim=2).any()
+
+
+# ----------------------------------------------------------------------------
+# The loss: float logits (N, C) and int64 class indices (N,)
+
+def test_cross_entropy_takes_logits_and_integer_class_labels():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    assert labels.dtype == torch.int64
+    expected = -(torch.log_softmax(logits, dim=1)[[0, 1], [0, 1]]).mean()
+    assert torch.allclose(F.cross_entropy(logits, labels), expected)
+
+
+def test_wrong_label_dtypes_fail_or_change_meaning():
+    logits = torch.randn(4, 10)
+    labels = torch.tensor([1, 2, 3, 4])
+    # float or int32 class indices are refused outright ...
+    for wrong in (labels.float(), labels.int()):
+        with pytest.raises(RuntimeError, match="target dtype"):
+            F.cross_entropy(logits, wrong)
+    # ... and float targets of shape (N, C) are read as class probabilities.
+    one_hot = F.one_hot(labels, 10).float()
+    assert torch.allclose(F.cross_entropy(logits, one_hot), F.cross_entropy(logits, labels))
+    smeared = torch.full((4, 10), 0.1)
+    assert not torch.allclose(F.cross_entropy(logits, smeared), F.cross_entropy(logits, labels))
+
+
+def test_labels_stored_as_uint8_arrive_as_int64(mnist):
+    _, labels = data.load_split(mnist, "test")
+    assert labels.dtype == torch.uint8
+    test_set = data.test_set(mnist, torch.device("cpu"))
+    assert test_set.labels.dtype == torch.int64
+    assert torch.equal(test_set.labels, labels.long())
+
+
+# ----------------------------------------------------------------------------
+# Training
+
+def test_a_short_seeded_run_reduces_the_loss(mnist):
+    torch.manual_seed(0)
+    train_set, _ = data.train_val_sets(mnist, 0, seed=0, device=torch.device("cpu"))
+    loader = data.make_loader(train_set, 50, torch.Generator().manual_seed(0))
+    model = MLP([64])
+    args = train.parse_args(["--lr", "1e-3"])
+    optimizer = train.make_optimizer(model, args)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def loss_on_training_set():
+        logits, labels = predict(model, data.make_loader(train_set, 1000))
+        return loss_fn(logits, labels).item()
+
+    before = loss_on_training_set()
+    for _ in range(3):
+        train.train_one_epoch(model, loader, loss_fn, optimizer)
+    after = loss_on_training_set()
+    assert before > 2.0  # about log(10) for an untrained model
+    assert after < 0.25 * before
+
+
+def test_train_prints_one_line_per_epoch_and_saves(capsys, mnist, tmp_path):
+    out, log = tmp_path / "m.pt", tmp_path / "log.csv"
+    code, stdout, _ = run(capsys, train, "--data-dir", mnist, "--epochs", 3, "--hidden", 32,
+                          "--val-size", 100, "--device", "cpu", "--out", out, "--log", log)
+    assert code == 0
+    epoch_lines = [line.split() for line in stdout.splitlines() if line.split()[0].isdigit()]
+    assert [line[0] for line in epoch_lines] == ["1", "2", "3"]
+    assert f"saved {out}" in stdout
+    rows = log.read_text().splitlines()
+    assert rows[0].split(",")[:5] == ["epoch", "train_loss", "train_accuracy", "val_loss",
+                                      "val_accuracy"]
+    assert len(rows) == 4
+    checkpoint = torch.load(out, weights_only=True)
+    assert checkpoint["epochs_completed"] == 3 and checkpoint["interrupted"] is False
+    assert len(checkpoint["metrics"]) == 3
+    assert checkpoint["train_args"]["hidden"] == [32]
+
+
+@pytest.mark.parametrize("flags", [
+    ["--optimizer", "sgd", "--lr", "0.05", "--scheduler", "step"],
+    ["--optimizer", "adamw", "--weight-decay", "0.01", "--scheduler", "cosine"],
+    ["--scheduler", "onecycle", "--label-smoothing", "0.1", "--dropout", "0.2"],
+    ["--augment", "--elastic-alpha", "8", "--hidden", "32", "16"],
+])
+def test_every_optimizer_scheduler_and_option_trains(capsys, mnist, tmp_path, flags):
+    out = tmp_path / "m.pt"
+    code, _, err = run(capsys, train, "--data-dir", mnist, "--epochs", 2, "--val-size", 100,
+                       "--device", "cpu", "--out", out, *flags)
+    assert code == 0, err
+    metrics = torch.load(out, weights_only=True)["metrics"]
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+
+
+def test_val_size_zero_trains_on_everything(capsys, mnist, tmp_path):
+    code, stdout, _ = run(capsys, train, "--data-dir", mnist, "--epochs", 1, "--val-size", 0,
+                          "--device", "cpu", "--out", tmp_path / "m.pt")
+    assert code == 0
+    assert "on 600 images" in stdout
+    assert torch.load(tmp_path / "m.pt", weights_only=True)["metrics"][0]["val_accuracy"] is None
+
+
+def test_the_same_seed_gives_identical_metrics_and_weights(capsys, mnist, tmp_path):
+    def train_once(name, seed):
+        out = tmp_path / name
+        run(capsys, train, "--data-dir", mnist, "--epochs", 2, "--val-size", 100, "--seed", seed,
+            "--augment", "--dropout", "0.1", "--device", "cpu", "--out", out)
+        checkpoint = torch.load(out, weights_only=True)
+        timeless = [{k: v for k, v in m.items() if k not in ("seconds", "images_per_second")}
+                    for m in checkpoint["metrics"]]
+        return timeless, checkpoint["state_dict"]
+
+    metrics_a, weights_a = train_once("a.pt", 0)
+    metrics_b, weights_b = train_once("b.pt", 0)
+    metrics_c, weights_c = train_once("c.pt", 1)
+    assert metrics_a == metrics_b
+    assert all(torch.equal(weights_a[name], weights_b[name]) for name in weights_a)
+    assert not torch.equal(weights_a["output_layer.weight"], weights_c["output_layer.weight"])
+
+
+# ----------------------------------------------------------------------------
+# Data augmentation
+
+def distortion(seed=0, **strengths):
+    return data.RandomDistortion(torch.Generator().manual_seed(seed), **strengths)
+
+
+def test_augmentation_keeps_shape_and_dtype_and_changes_the_images(mnist):
+    images = data.test_set(mnist, torch.device("cpu")).images[:32]
+    augmented = distortion(elastic_alpha=8.0)(images)
+    assert augmented.shape == images.shape and augmented.dtype == torch.float32
+    assert not torch.allclose(augmented, images, atol=1e-3)
+    # Background stays background: nothing darker than black appears.
+    assert augmented.min() >= images.min() - 1e-5
+
+
+def test_each_image_gets_its_own_random_transform():
+    one_image = torch.zeros(1, 1, 28, 28)
+    one_image[..., 10:18, 12:16] = 2.0
+    batch = one_image.repeat(8, 1, 1, 1)
+    for strengths in (dict(), dict(rotation=0, scale=0, shift=0, elastic_alpha=8.0)):
+        augmented = distortion(**strengths)(batch)
+        differences = (augmented[1:] - augmented[0]).abs().flatten(1).amax(dim=1)
+        assert (differences > 1e-3).all(), strengths
+
+
+def test_zero_strength_is_the_identity():
+    images = torch.randn(16, 1, 28, 28)
+    unchanged = distortion(rotation=0, scale=0, shift=0, elastic_alpha=0)(images)
+    assert torch.allclose(unchanged, images, atol=1e-5)
+
+
+def test_augmentation_is_seeded():
+    images = torch.randn(4, 1, 28, 28)
+    assert torch.equal(distortion(seed=3)(images), distortion(seed=3)(images))
+    assert not torch.equal(distortion(seed=3)(images), distortion(seed=4)(images))
+
+
+def test_evaluation_and_validation_are_never_augmented(mnist, monkeypatch, tmp_path):
+    calls = []
+    monkeypatch.setattr(data.RandomDistortion, "__call__",
+                        lambda self, images: calls.append(len(images)) or images)
+    train.main(["--data-dir", mnist, "--epochs", "1", "--val-size", "100", "--augment",
+                "--batch-size", "100", "--device", "cpu", "--out", str(tmp_path / "m.pt")])
+    assert calls == [100] * 5  # the five training batches, and nothing else
+    train_set, val_set = data.train_val_sets(mnist, 100, 0, torch.device("cpu"),
+                                             transform=distortion())
+    assert val_set.transform is None
+    assert data.test_set(mnist, torch.device("cpu")).transform is None
+
+
+# ----------------------------------------------------------------------------
+# Checkpoints and evaluate.py
+
+def test_checkpoint_round_trip_keeps_predictions_identical(checkpoint, mnist):
+    original = torch.load(checkpoint, weights_only=True)
+    model, loaded = load_checkpoint(checkpoint)
+    assert loaded["config"]["hidden"] == [64]
+    test_loader = data.make_loader(data.test_set(mnist, torch.device("cpu")), 1000)
+    rebuilt = MLP(**original["config"])
+    rebuilt.load_state_dict(original["state_dict"])
+    logits, _ = predict(model, test_loader)
+    expected, _ = predict(rebuilt, test_loader)
+    assert torch.equal(logits, expected)
+
+
+def test_evaluate_reports_accuracy_per_class_and_confusion(capsys, checkpoint, mnist, tmp_path):
+    metrics_file, errors_file = tmp_path / "metrics.json", tmp_path / "errors.png"
+    code, stdout, _ = run(capsys, evaluate, checkpoint, "--data-dir", mnist, "--device", "cpu",
+                          "--json", metrics_file, "--errors", errors_file)
+    assert code == 0
+    metrics = json.loads(metrics_file.read_text())
+    assert f"test accuracy  {100 * metrics['test_accuracy']:.2f}%" in stdout
+    assert metrics["images"] == 200
+    matrix = torch.tensor(metrics["confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == 200
+    assert matrix.diag().sum() == metrics["correct"]
+    assert metrics["test_accuracy"] == pytest.approx(metrics["correct"] / 200)
+    assert metrics["per_class_accuracy"][3] == pytest.approx(matrix[3, 3] / matrix[3].sum())
+    assert "confusion matrix" in stdout
+    assert errors_file.read_bytes().startswith(b"\x89PNG")
+
+
+def test_confusion_matrix_counts_true_rows_and_predicted_columns():
+    labels = torch.tensor([0, 0, 1, 2])
+    predictions = torch.tensor([0, 1, 1, 1])
+    matrix = evaluate.confusion_matrix(labels, predictions, num_classes=3)
+    assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
+
+
+def test_error_grid_shows_the_misclassified_digits(tmp_path):
+    from PIL import Image
+
+    images = torch.zeros(3, 28, 28, dtype=torch.uint8)
+    images[:, 5:20, 10:14] = 255
+    path = tmp_path / "errors.png"
+    evaluate.save_error_grid(path, images, [7, 1, 4], [1, 7, 9])
+    grid = Image.open(path)
+    assert grid.size == (10 * 56, 56 + 14)
+    assert grid.getpixel((12 * 2, 10 * 2)) == 255  # a digit's stroke, scaled up twice
+
+
+def test_command_line_train_then_evaluate(mnist, tmp_path):
+    """The user's path, end to end, in real processes."""
+    out = tmp_path / "model.pt"
+    trained = run_command("train.py", "--data-dir", mnist, "--epochs", 1, "--val-size", 100,
+                          "--device", "cpu", "--out", out)
+    assert trained.returncode == 0, trained.stderr
+    evaluated = run_command("evaluate.py", out, "--data-dir", mnist, "--json", tmp_path / "m.json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "test accuracy" in evaluated.stdout
+    assert json.loads((tmp_path / "m.json").read_text())["images"] == 200
+
+
+# ----------------------------------------------------------------------------
+# Bad input: one line on stderr, a non-zero exit, no traceback, no work wasted
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "0"], "--lr"),
+    (["--lr", "-1e-3"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--lr", "fast"], "--lr"),
+    (["--epochs", "0"], "--epochs"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--hidden", "512", "0"], "--hidden"),
+    (["--dropout", "1"], "--dropout"),
+    (["--dropout", "-0.1"], "--dropout"),
+    (["--val-size", "-1"], "--val-size"),
+    (["--optimizer", "rmsprop"], "--optimizer"),
+    (["--scheduler", "warmup"], "--scheduler"),
+    (["--device", "gpu"], "unknown device"),
+    (["--device", "tpu:0"], "unknown device"),
+    (["--unknown-flag"], "unrecognized"),
+])
+def test_bad_flags_are_one_clear_line(capsys, flags, message, tmp_path):
+    # The data folder does not exist: a bad flag must be found before the data.
+    code, _, err = run(capsys, train, "--data-dir", tmp_path / "nowhere", *flags)
+    assert code == 2
+    assert_one_line_error(code, err, message)
+    assert not os.path.exists(tmp_path / "nowhere")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_on_a_machine_without_it(capsys, device, tmp_path):
+    code, _, err = run(capsys, train, "--device", device, "--data-dir", tmp_path / "nowhere")
+    assert_one_line_error(code, err, "CUDA is not available")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="this machine has no CUDA")
+def test_cuda_device_beyond_the_count(capsys, tmp_path):
+    device = f"cuda:{torch.cuda.device_count()}"
+    code, _, err = run(capsys, train, "--device", device, "--data-dir", tmp_path / "nowhere")
+    assert_one_line_error(code, err, f"there is no {device}")
+
+
+@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
+def test_mps_on_a_machine_without_it(capsys, tmp_path):
+    code, _, err = run(capsys, train, "--device", "mps", "--data-dir", tmp_path / "nowhere")
+    assert_one_line_error(code, err, "MPS is not available")
+
+
+def test_unavailable_device_on_the_real_command_line(tmp_path):
+    device = "mps" if torch.cuda.is_available() else "cuda"
+    if torch.cuda.is_available() and torch.backends.mps.is_available():
+        device = f"cuda:{torch.cuda.device_count()}"
+    result = run_command("train.py", "--device", device, "--data-dir", tmp_path)
+    assert_one_line_error(result.returncode, result.stderr, "error")
+
+
+def test_validation_split_as_large_as_the_data(capsys, mnist, tmp_path):
+    code, _, err = run(capsys, train, "--data-dir", mnist, "--val-size", 600,
+                       "--out", tmp_path / "m.pt")
+    assert_one_line_error(code, err, "--val-size 600", "600")
+    assert not os.path.exists(tmp_path / "m.pt")
+
+
+def test_missing_data_and_no_download(capsys, tmp_path, monkeypatch):
+    # Any download goes through a proxy that refuses connections: offline, fast.
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    empty = tmp_path / "empty"
+    code, _, err = run(capsys, train, "--data-dir", empty, "--out", tmp_path / "m.pt")
+    assert_one_line_error(code, err, "MNIST is not in", data.raw_folder(str(empty)),
+                          "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "--data-dir")
+    assert not os.path.exists(tmp_path / "m.pt")
+
+
+def corrupt_copy(mnist, tmp_path, name, edit):
+    root = make_mnist(tmp_path / "corrupt")
+    path = os.path.join(data.raw_folder(root), name)
+    with open(path, "rb") as f:
+        content = f.read()
+    with open(path, "wb") as f:
+        f.write(edit(content))
+    return root, path
+
+
+@pytest.mark.parametrize("name, edit, message", [
+    ("train-images-idx3-ubyte", lambda b: b"\x00\x00\x08\x01" + b[4:], "wrong magic number"),
+    ("train-images-idx3-ubyte", lambda b: b[:len(b) // 2], "truncated"),
+    ("train-images-idx3-ubyte", lambda b: b[:2], "truncated"),
+    ("train-labels-idx1-ubyte", lambda b: b[:-10], "truncated"),
+    ("train-images-idx3-ubyte",  # 600 images of 28x28 declared as 2400 of 14x14
+     lambda b: b[:4] + (2400).to_bytes(4, "big") + (14).to_bytes(4, "big") * 2 + b[16:],
+     "expected 28x28"),
+    ("train-labels-idx1-ubyte", lambda b: b[:8] + b"\x0c" + b[9:], "not a digit"),
+    ("train-labels-idx1-ubyte", lambda b: b[:4] + (599).to_bytes(4, "big") + b[8:-1],
+     "600 images but"),
+])
+def test_corrupt_data_files_are_named(capsys, mnist, tmp_path, name, edit, message):
+    root, path = corrupt_copy(mnist, tmp_path, name, edit)
+    code, _, err = run(capsys, train, "--data-dir", root, "--out", tmp_path / "m.pt")
+    assert_one_line_error(code, err, message)
+    assert name in err
+    assert not os.path.exists(tmp_path / "m.pt")
+
+
+@pytest.mark.parametrize("flag", ["--out", "--log"])
+def test_train_output_in_a_missing_folder_is_found_before_training(capsys, tmp_path, flag):
+    code, _, err = run(capsys, train, flag, tmp_path / "missing" / "file",
+                       "--data-dir", tmp_path / "nowhere")
+    assert code == 2
+    assert_one_line_error(code, err, flag, "does not exist")
+
+
+def test_train_output_that_is_a_directory_or_under_a_file(capsys, tmp_path):
+    code, _, err = run(capsys, train, "--out", tmp_path, "--data-dir", tmp_path / "nowhere")
+    assert_one_line_error(code, err, "is a directory")
+    (tmp_path / "file").write_text("")
+    code, _, err = run(capsys, train, "--out", tmp_path / "file" / "m.pt",
+                       "--data-dir", tmp_path / "nowhere")
+    assert_one_line_error(code, err, "--out")
+
+
+@pytest.mark.parametrize("flag", ["--errors", "--json"])
+def test_evaluate_output_in_a_missing_folder_is_found_first(capsys, checkpoint, tmp_path, flag):
+    code, _, err = run(capsys, evaluate, checkpoint, flag, tmp_path / "missing" / "file",
+                       "--data-dir", tmp_path / "nowhere")
+    assert_one_line_error(code, err, flag, "does not exist")
+
+
+class RunsCode:
+    """Unpickling this calls open(), creating a file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def checkpoint_files(tmp_path, good_checkpoint):
+    """Bad files a student might be handed, by name."""
+    good = open(good_checkpoint, "rb").read()
+    files = {"missing": None, "a directory": None, "empty": b"", "truncated": good[:len(good) // 2],
+             "random bytes": os.urandom(4096)}
+    paths = {name: tmp_path / name.replace(" ", "_") for name in files}
+    os.mkdir(paths["a directory"])
+    for name, content in files.items():
+        if content is not None:
+            paths[name].write_bytes(content)
+    paths["not ours"] = tmp_path / "not_ours.pt"
+    torch.save({"weights": torch.zeros(3)}, paths["not ours"])
+    wrong_shape = torch.load(good_checkpoint, weights_only=True)
+    wrong_shape["config"]["hidden"] = [65]
+    paths["wrong shape"] = tmp_path / "wrong_shape.pt"
+    torch.save(wrong_shape, paths["wrong shape"])
+    no_normalization = torch.load(good_checkpoint, weights_only=True)
+    del no_normalization["normalization"]
+    paths["no normalization"] = tmp_path / "no_normalization.pt"
+    torch.save(no_normalization, paths["no normalization"])
+    return paths
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no such file"),
+    ("a directory", "is a directory"),
+    ("empty", "not a readable checkpoint"),
+    ("truncated", "not a readable checkpoint"),
+    ("random bytes", "not a readable checkpoint"),
+    ("not ours", "not a checkpoint saved by train.py"),
+    ("wrong shape", "do not fit the stored model"),
+    ("no normalization", "normalization"),
+])
+def test_bad_checkpoints_are_one_clear_line(capsys, checkpoint, tmp_path, mnist, case, message):
+    path = checkpoint_files(tmp_path, checkpoint)[case]
+    code, _, err = run(capsys, evaluate, path, "--data-dir", mnist)
+    assert_one_line_error(code, err, str(path), message)
+
+
+@pytest.mark.parametrize("legacy_format", [False, True])
+def test_a_checkpoint_crafted_to_run_code_is_refused_without_running_it(
+        capsys, checkpoint, tmp_path, mnist, monkeypatch, legacy_format):
+    marker = tmp_path / "code_ran"
+    crafted = torch.load(checkpoint, weights_only=True)
+    crafted["train_args"] = RunsCode(str(marker))
+    path = tmp_path / "crafted.pt"
+    torch.save(crafted, path, _use_new_zipfile_serialization=not legacy_format)
+    # Even the switch that makes torch.load unsafe by default must not matter.
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    code, _, err = run(capsys, evaluate, path, "--data-dir", mnist)
+    assert_one_line_error(code, err, str(path))
+    assert not marker.exists()
+    assert "refused" in err or "not a readable checkpoint" in err
+
+
+def test_the_crafted_checkpoint_would_run_code_if_loaded_unsafely(checkpoint, tmp_path):
+    """The test above is meaningful: loading that file unsafely does run its code."""
+    marker = tmp_path / "code_ran"
+    crafted = torch.load(checkpoint, weights_only=True)
+    crafted["train_args"] = RunsCode(str(marker))
+    torch.save(crafted, tmp_path / "crafted.pt")
+    torch.load(tmp_path / "crafted.pt", weights_only=False)
+    assert marker.exists()
+
+
+# ----------------------------------------------------------------------------
+# Interruption and failure: nothing lost
+
+def test_ctrl_c_saves_the_last_completed_epoch(mnist, tmp_path):
+    out = tmp_path / "m.pt"
+    process = subprocess.Popen(
+        [sys.executable, "train.py", "--data-dir", mnist, "--epochs", "100000", "--val-size", "100",
+         "--hidden", "32", "--device", "cpu", "--out", str(out)],
+        cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in process.stdout:  # wait until two epochs are done
+        if line.split()[:1] == ["2"]:
+            break
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert_one_line_error(process.returncode, err, "interrupted", str(out))
+    checkpoint = torch.load(out, weights_only=True)
+    assert checkpoint["interrupted"] is True
+    assert checkpoint["epochs_completed"] >= 2
+    assert len(checkpoint["metrics"]) == checkpoint["epochs_completed"]
+    assert f"after epoch {checkpoint['epochs_completed']}" in err
+    assert os.listdir(tmp_path) == ["m.pt"]  # no temporary file left behind
+
+
+def test_ctrl_c_saves_the_weights_of_the_completed_epoch_not_the_partial_one(
+        capsys, mnist, tmp_path, monkeypatch):
+    real_epoch = train.train_one_epoch
+    weights_after = []
+
+    def epoch_then_interrupt(model, *args, **kwargs):
+        if len(weights_after) == 2:
+            real_epoch(model, *args, **kwargs)  # the third epoch changes the weights...
+            raise KeyboardInterrupt  # ... and is interrupted before it returns
+        result = real_epoch(model, *args, **kwargs)
+        weights_after.append(model.output_layer.weight.detach().clone())
+        return result
+
+    monkeypatch.setattr(train, "train_one_epoch", epoch_then_interrupt)
+    code, _, err = run(capsys, train, "--data-dir", mnist, "--epochs", 5, "--val-size", 100,
+                       "--device", "cpu", "--out", tmp_path / "m.pt")
+    assert_one_line_error(code, err, "interrupted", "after epoch 2 of 5")
+    saved = torch.load(tmp_path / "m.pt", weights_only=True)
+    assert saved["epochs_completed"] == 2 and saved["interrupted"] is True
+    assert torch.equal(saved["state_dict"]["output_layer.weight"], weights_after[1])
+
+
+def test_ctrl_c_in_the_first_epoch_keeps_the_previous_checkpoint(
+        capsys, checkpoint, mnist, tmp_path, monkeypatch):
+    out = tmp_path / "m.pt"
+    out.write_bytes(previous := open(checkpoint, "rb").read())
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "train_one_epoch", interrupted)
+    code, _, err = run(capsys, train, "--data-dir", mnist, "--val-size", 100, "--device", "cpu",
+                       "--out", out)
+    assert_one_line_error(code, err, "nothing saved")
+    assert out.read_bytes() == previous
+
+
+@pytest.mark.parametrize("flags", [["--lr", "1e6", "--optimizer", "sgd"],
+                                   ["--lr", "1000"]])
+def test_a_diverging_run_stops_and_keeps_the_previous_checkpoint(
+        capsys, checkpoint, mnist, tmp_path, flags):
+    out = tmp_path / "m.pt"
+    out.write_bytes(previous := open(checkpoint, "rb").read())
+    code, stdout, err = run(capsys, train, "--data-dir", mnist, "--epochs", 3, "--val-size", 100,
+                            "--device", "cpu", "--out", out, *flags)
+    assert_one_line_error(code, err, "diverged in epoch 1", "at step", "smaller --lr",
+                          "Nothing was saved")
+    assert out.read_bytes() == previous
+    assert "nan" not in stdout.lower()  # no epoch line with a NaN loss was printed
+
+
+def test_saving_is_atomic(checkpoint, tmp_path, monkeypatch):
+    out = tmp_path / "m.pt"
+    out.write_bytes(previous := open(checkpoint, "rb").read())
+    model, saved = load_checkpoint(checkpoint)
+    real_save = torch.save
+
+    def crash_half_way(obj, f):
+        real_save(obj, f)
+        f.truncate(100)
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash_half_way)
+    with pytest.raises(OSError):
+        save_checkpoint(out, model.config, model.state_dict(), saved["normalization"])
+    assert out.read_bytes() == previous
+    assert os.listdir(tmp_path) == ["m.pt"]
+    monkeypatch.setattr(torch, "save", real_save)
+    save_checkpoint(out, model.config, model.state_dict(), saved["normalization"])
+    assert load_checkpoint(out)[0].config == model.config
+
+
+# ----------------------------------------------------------------------------
+# benchmark.py
+
+def test_benchmark_prints_all_three_rows(capsys, mnist):
+    code, stdout, _ = run(capsys, benchmark, "--data-dir", mnist, "--epochs", 1,
+                          "--hidden", 32, "--batch-size", 100, "--device", "cpu")
+    assert code == 0
+    rows = {line.split()[0]: line.split()[1:] for line in stdout.splitlines()
+            if len(line.split()) == 3}
+    for name in ("ours", "conventional", "floor"):
+        seconds, images_per_second = rows[name]
+        assert float(seconds) > 0 and float(images_per_second.replace(",", "")) > 0
+    assert "ours / floor" in stdout and "peak memory" in stdout
+    assert f"torch {torch.__version__}" in stdout
