@@ -3,20 +3,23 @@ the compute floor? One command, one table:
 
     python benchmark.py [--device auto] [--batch-size N] [--hidden ...] [--epochs N] [--data-dir DIR]
 
-All three rows train the same model at the same batch size, on the same device,
-in float32, over the same 60,000 images per epoch:
+Every row trains the same model at the same batch size, on the same device, in
+float32, over the same 60,000 images per epoch:
 
-  ours          data.py's batches and train.py's own train_one_epoch, optimizer
-                and scheduler (imported, not copied)
-  conventional  the tutorial pipeline: torchvision's MNIST with ToTensor() and
-                Normalize() transforms, a DataLoader (num_workers=0) and the
-                textbook loop with a default Adam
-  floor         only the matrix products of the forward and backward passes, on
-                preallocated tensors: what no data pipeline or optimizer can beat
+  ours           data.py's batches and train.py's own train_one_epoch, optimizer,
+                 scheduler and loss, with train.py's defaults (imported, not copied)
+  ours, no aug.  the same without the data augmentation that train.py does by
+                 default and the other rows do not
+  conventional   the tutorial pipeline: torchvision's MNIST with ToTensor() and
+                 Normalize() transforms, a DataLoader (num_workers=0) and the
+                 textbook loop with a default Adam
+  floor          only the matrix products of the forward and backward passes, on
+                 preallocated tensors: what no data pipeline or optimizer can beat
 
-Each row is the median of --epochs timed epochs after a warm-up. Without MNIST in
---data-dir the benchmark writes random images of MNIST's shape to a temporary
-folder and uses those, so it always runs.
+Each row is the median of --epochs timed epochs after a warm-up, the rows taking
+turns epoch by epoch so that a slow spell of a shared machine hits them all
+alike. Without MNIST in --data-dir the benchmark writes random images of MNIST's
+shape to a temporary folder and uses those, so it always runs.
 """
 
 import os
@@ -63,42 +66,33 @@ def write_random_mnist(root, train_images=60000, test_images=10000):
                 f.write(header + values.numpy().tobytes())
 
 
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_epoch_seconds(run_epoch, epochs, device):
-    """Warm up once, then the median wall time of `epochs` calls."""
-    run_epoch(warm_up=True)
-    seconds = []
-    for _ in range(epochs):
-        synchronize(device)
-        start = time.perf_counter()
-        run_epoch(warm_up=False)
-        synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds)
-
-
-def time_ours(args, root):
-    train_args = train.parse_args(["--hidden", *map(str, args.hidden),
-                                   "--batch-size", str(args.batch_size),
-                                   "--epochs", str(args.epochs + 1), "--val-size", "0"])
-    train_set, _ = data.train_val_sets(root, 0, train_args.seed, args.device)
+def ours(args, root, augment=True):
+    """An epoch as train.py runs it: its data.py batches, model, optimizer,
+    scheduler, loss and train_one_epoch, with its default hyperparameters."""
+    flags = ["--hidden", *map(str, args.hidden), "--batch-size", str(args.batch_size),
+             "--val-size", "0", "--augment" if augment else "--no-augment"]
+    train_args = train.parse_args(flags)
+    distortion = None
+    if train_args.augment:
+        distortion = data.RandomDistortion(torch.Generator(device=args.device).manual_seed(0),
+                                           train_args.rotation, train_args.scale, train_args.shift)
+    train_set, _ = data.train_val_sets(root, 0, 0, args.device, distortion)
     train_loader = data.make_loader(train_set, args.batch_size, torch.Generator().manual_seed(0))
     model = MLP(args.hidden).to(args.device)
     optimizer = train.make_optimizer(model, train_args)
-    scheduler = train.make_scheduler(optimizer, train_args, len(train_loader))
+    # A schedule long enough for every timed epoch.
+    scheduler = train.make_scheduler(optimizer, train_args, 100 * len(train_loader))
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=train_args.label_smoothing)
 
     def run_epoch(warm_up):
         train.train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler)
 
-    return median_epoch_seconds(run_epoch, args.epochs, args.device), len(train_set)
+    return run_epoch, len(train_set)
 
 
-def time_conventional(args, root):
+def conventional(args, root):
+    """The tutorial pipeline: PIL images converted and normalized one at a time,
+    collated into batches by the DataLoader, copied to the device at each step."""
     from torchvision import datasets, transforms
 
     transform = transforms.Compose([transforms.ToTensor(),
@@ -119,13 +113,13 @@ def time_conventional(args, root):
             loss.backward()
             optimizer.step()
 
-    return median_epoch_seconds(run_epoch, args.epochs, args.device), len(dataset)
+    return run_epoch, len(dataset)
 
 
-def time_floor(args, images):
-    """The products autograd runs for an MLP: forward x @ W.T per layer; backward
-    g.T @ x (weight gradient) per layer and g @ W (input gradient) for all layers
-    but the first."""
+def floor(args, images):
+    """The products autograd runs for an MLP, on preallocated tensors: forward
+    x @ W.T per layer; backward g.T @ x (weight gradient) per layer and g @ W
+    (input gradient) for all layers but the first."""
     widths = [28 * 28, *args.hidden, data.NUM_CLASSES]
     batch = args.batch_size
     steps = -(-images // batch)
@@ -146,7 +140,25 @@ def time_floor(args, images):
                 if i < len(layers) - 1:
                     torch.mm(y, weight, out=x_grad)
 
-    return median_epoch_seconds(run_epoch, args.epochs, args.device), images
+    return run_epoch, images
+
+
+def median_epoch_seconds(runs, epochs, device):
+    """Warm every run up once, then time `epochs` rounds of one epoch each, the
+    runs taking turns so that a slow spell of a shared machine hits them all."""
+    seconds = {name: [] for name in runs}
+    for run_epoch, _ in runs.values():
+        run_epoch(warm_up=True)
+    for _ in range(epochs):
+        for name, (run_epoch, _) in runs.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            run_epoch(warm_up=False)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times) for name, times in seconds.items()}
 
 
 def main(argv=None):
@@ -159,17 +171,19 @@ def main(argv=None):
         print(f"model {[28 * 28, *args.hidden, 10]}, batch {args.batch_size}, float32, "
               f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
         print(f"data: {source}; median of {args.epochs} epochs after a warm-up\n")
-        rows = {}
-        for name, timer in (("ours", time_ours), ("conventional", time_conventional)):
-            rows[name] = timer(args, root)
-        rows["floor"] = time_floor(args, rows["ours"][1])
+        runs = {"ours": ours(args, root), "ours, no aug.": ours(args, root, augment=False),
+                "conventional": conventional(args, root)}
+        runs["floor"] = floor(args, runs["ours"][1])
+        seconds = median_epoch_seconds(runs, args.epochs, args.device)
 
-    print(f"{'':14}{'s/epoch':>9}{'images/s':>12}")
-    for name, (seconds, images) in rows.items():
-        print(f"{name:14}{seconds:9.3f}{images / seconds:12,.0f}")
-    ours, conventional, floor = (rows[name][0] / rows[name][1] for name in rows)
-    print(f"\nours / floor: {ours / floor:.2f}x the time   "
-          f"conventional / ours: {conventional / ours:.1f}x the time")
+    print(f"{'':15}{'s/epoch':>9}{'images/s':>12}")
+    per_image = {}
+    for name, (_, images) in runs.items():
+        per_image[name] = seconds[name] / images
+        print(f"{name:15}{seconds[name]:9.3f}{1 / per_image[name]:12,.0f}")
+    print(f"\nours / floor: {per_image['ours'] / per_image['floor']:.2f}x the time "
+          f"({per_image['ours, no aug.'] / per_image['floor']:.2f}x without augmentation); "
+          f"conventional / ours: {per_image['conventional'] / per_image['ours']:.1f}x")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory: {peak_mib:,.0f} MiB resident", end="")
     if args.device.type == "cuda":

@@ -150,27 +150,25 @@ class RandomDistortion:
         shift_x, shift_y = self.uniform(2 * self.shift / IMAGE_SIZE, 2, batch)
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
         # One 2 x 3 affine matrix per image, rows (cos, -sin, shift_x) and
-        # (sin, cos, shift_y); one matrix product applies them all to every
-        # pixel centre: grid[p, 2b + j] is coordinate j of pixel p in image b.
-        affine = torch.stack([cos, -sin, shift_x, sin, cos, shift_y], dim=1).view(2 * batch, 3)
-        grid = self.pixels @ affine.T
+        # (sin, cos, shift_y); one matrix product applies them all to every pixel
+        # centre: where each output pixel reads the input, as x and y planes.
+        affine = torch.stack([cos, -sin, shift_x, sin, cos, shift_y], dim=1)
+        grid = (affine.view(2 * batch, 3) @ self.pixels.T).view(batch, 2, IMAGE_SIZE, IMAGE_SIZE)
         if self.elastic_alpha > 0:
             grid = grid + self.elastic_field(batch)
-        # grid_sample wants, for each output pixel, where in the input to read:
-        # [batch, 28, 28, (x, y)].
-        grid = grid.view(IMAGE_SIZE, IMAGE_SIZE, batch, 2).permute(2, 0, 1, 3)
         # Pixels pulled in from outside the image are background (black), which is
         # not 0 after normalization: shift so that it is, warp, shift back.
         black = -MNIST_MEAN / MNIST_STD
+        grid = grid.permute(0, 2, 3, 1).contiguous()  # grid_sample wants [B, 28, 28, (x, y)]
         return F.grid_sample(images - black, grid, align_corners=False) + black
 
     def elastic_field(self, batch):
         """Random displacements of every pixel, smoothed with a Gaussian so that
-        neighbouring pixels move together; laid out like the grid: [784, 2 batch]."""
-        field = self.uniform(1.0, IMAGE_SIZE, IMAGE_SIZE * 2 * batch)
-        field = self.smoothing @ field  # smooth down each column ...
-        field = self.smoothing @ field.view(IMAGE_SIZE, IMAGE_SIZE, 2 * batch)  # ... and row
-        return field.view(IMAGE_SIZE * IMAGE_SIZE, 2 * batch) * (2 * self.elastic_alpha / IMAGE_SIZE)
+        neighbouring pixels move together: x and y planes, [batch, 2, 28, 28]."""
+        field = self.uniform(1.0, batch, 2, IMAGE_SIZE, IMAGE_SIZE)
+        field = field @ self.smoothing  # along each row (the matrix is symmetric) ...
+        field = (field.transpose(2, 3) @ self.smoothing).transpose(2, 3)  # ... and column
+        return field * (2 * self.elastic_alpha / IMAGE_SIZE)
 
 
 # ----------------------------------------------------------------------------

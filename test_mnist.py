@@ -703,9 +703,8 @@ def test_benchmark_prints_all_three_rows(capsys, mnist):
     code, stdout, _ = run(capsys, benchmark, "--data-dir", mnist, "--epochs", 1,
                           "--hidden", 32, "--batch-size", 100, "--device", "cpu")
     assert code == 0
-    rows = {line.split()[0]: line.split()[1:] for line in stdout.splitlines()
-            if len(line.split()) == 3}
-    for name in ("ours", "conventional", "floor"):
+    rows = {line[:15].strip(): line[15:].split() for line in stdout.splitlines()}
+    for name in ("ours", "ours, no aug.", "conventional", "floor"):
         seconds, images_per_second = rows[name]
         assert float(seconds) > 0 and float(images_per_second.replace(",", "")) > 0
     assert "ours / floor" in stdout and "peak memory" in stdout

@@ -61,33 +61,36 @@ def parse_args(argv=None):
     parser = data.ArgumentParser(description="Train an MLP on MNIST.",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model = parser.add_argument_group("model")
-    model.add_argument("--hidden", type=positive_int, nargs="+", default=[512],
+    model.add_argument("--hidden", type=positive_int, nargs="+", default=[384, 256],
                        help="width of each hidden layer, e.g. --hidden 1024 1024")
     model.add_argument("--dropout", type=fraction, default=0.0,
                        help="dropout probability after each hidden layer")
     optim = parser.add_argument_group("optimization")
-    optim.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam")
+    optim.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam",
+                       help="how the gradients update the weights")
     optim.add_argument("--lr", type=positive_float, default=1e-3,
                        help="learning rate (the peak one if a scheduler varies it)")
     optim.add_argument("--momentum", type=fraction, default=0.9, help="for sgd")
     optim.add_argument("--weight-decay", type=nonnegative_float, default=0.0,
                        help="L2 penalty (decoupled for adamw)")
     optim.add_argument("--scheduler", choices=["none", "step", "cosine", "onecycle"],
-                       default="none", help="learning-rate schedule over the run")
+                       default="onecycle", help="learning-rate schedule over the run")
     optim.add_argument("--gamma", type=positive_float, default=0.7,
                        help="for the step scheduler: multiply the rate by this each epoch")
-    optim.add_argument("--batch-size", type=positive_int, default=128)
-    optim.add_argument("--epochs", type=positive_int, default=5)
-    optim.add_argument("--label-smoothing", type=fraction, default=0.0,
+    optim.add_argument("--batch-size", type=positive_int, default=128,
+                       help="images per gradient step")
+    optim.add_argument("--epochs", type=positive_int, default=5,
+                       help="passes over the training images")
+    optim.add_argument("--label-smoothing", type=fraction, default=0.1,
                        help="spread this much of each target over the other classes")
     augment = parser.add_argument_group("data augmentation (training images only)")
-    augment.add_argument("--augment", action="store_true",
+    augment.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                          help="distort every training image anew each time it is used")
-    augment.add_argument("--rotation", type=nonnegative_float, default=10.0,
+    augment.add_argument("--rotation", type=nonnegative_float, default=5.0,
                          help="random rotation, up to this many degrees either way")
-    augment.add_argument("--scale", type=fraction, default=0.1,
+    augment.add_argument("--scale", type=fraction, default=0.05,
                          help="random scaling, up to this fraction either way")
-    augment.add_argument("--shift", type=nonnegative_float, default=2.0,
+    augment.add_argument("--shift", type=nonnegative_float, default=1.0,
                          help="random shift, up to this many pixels either way")
     augment.add_argument("--elastic-alpha", type=nonnegative_float, default=0.0,
                          help="elastic distortion strength in pixels (0: none)")
