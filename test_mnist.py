@@ -410,6 +410,8 @@ def test_command_line_train_then_evaluate(mnist, tmp_path):
     (["--dropout", "1"], "--dropout"),
     (["--dropout", "-0.1"], "--dropout"),
     (["--val-size", "-1"], "--val-size"),
+    (["--seed", str(2 ** 64)], "--seed"),
+    (["--seed", "-1"], "--seed"),
     (["--optimizer", "rmsprop"], "--optimizer"),
     (["--scheduler", "warmup"], "--scheduler"),
     (["--device", "gpu"], "unknown device"),

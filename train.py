@@ -36,6 +36,13 @@ def nonnegative_int(text):
     return value
 
 
+def seed(text):
+    value = int(text)
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {text}")
+    return value
+
+
 def positive_float(text):
     value = float(text)
     if not (math.isfinite(value) and value > 0):
@@ -99,7 +106,7 @@ def parse_args(argv=None):
     other = parser.add_argument_group("data and output")
     other.add_argument("--val-size", type=nonnegative_int, default=5000,
                        help="training images held out for validation (0: train on all)")
-    other.add_argument("--seed", type=int, default=0,
+    other.add_argument("--seed", type=seed, default=0,
                        help="seeds the weights, the validation split and the shuffling")
     data.add_data_flags(other)
     other.add_argument("--out", type=data.output_path, default="model.pt",
