@@ -91,17 +91,20 @@ def main(argv=None):
     }
     print_report(metrics)
 
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(metrics, f, indent=2)
-        print(f"\nwrote {args.json}")
-    if args.errors:
-        wrong = (~correct).nonzero().squeeze(1)[:100]
-        raw_images, _ = data.load_split(args.data_dir, "test")  # the pixels as they are on disk
-        save_error_grid(args.errors, raw_images[wrong.cpu()], labels[wrong].tolist(),
-                        predictions[wrong].tolist())
-        print(f"wrote {args.errors} ({len(wrong)} of {len(labels) - metrics['correct']} errors)")
-
+    try:
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(metrics, f, indent=2)
+            print(f"\nwrote {args.json}")
+        if args.errors:
+            wrong = (~correct).nonzero().squeeze(1)[:100]
+            raw_images, _ = data.load_split(args.data_dir, "test")  # the pixels as on disk
+            save_error_grid(args.errors, raw_images[wrong.cpu()], labels[wrong].tolist(),
+                            predictions[wrong].tolist())
+            print(f"wrote {args.errors} ({len(wrong)} of {len(labels) - metrics['correct']} "
+                  f"errors)")
+    except OSError as error:  # checked before the evaluation, but a disk can still fill up
+        sys.exit(f"error: cannot write {error.filename or 'the output'}: {error.strerror}")
 
 if __name__ == "__main__":
     main()

@@ -7,6 +7,7 @@ command-line tests call a script's main() in this process, exactly as
 few run the real command line in a subprocess.
 """
 
+import errno
 import json
 import os
 import signal
@@ -528,6 +529,20 @@ def test_evaluate_output_in_a_missing_folder_is_found_first(capsys, checkpoint, 
     assert_one_line_error(code, err, flag, "does not exist")
 
 
+@pytest.mark.parametrize("flag", ["--json", "--errors"])
+def test_evaluate_output_that_cannot_be_written_is_one_line(
+        capsys, checkpoint, mnist, tmp_path, monkeypatch, flag):
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(evaluate.json, "dump", disk_full)
+    monkeypatch.setattr(evaluate, "save_error_grid", disk_full)
+    code, stdout, err = run(capsys, evaluate, checkpoint, "--data-dir", mnist,
+                            flag, tmp_path / "output")
+    assert_one_line_error(code, err, "cannot write", "No space left on device")
+    assert "test accuracy" in stdout  # the report itself is not lost
+
+
 class RunsCode:
     """Unpickling this calls open(), creating a file: proof that code ran."""
 
@@ -675,6 +690,23 @@ def test_a_diverging_run_stops_and_keeps_the_previous_checkpoint(
                           "Nothing was saved")
     assert out.read_bytes() == previous
     assert "nan" not in stdout.lower()  # no epoch line with a NaN loss was printed
+
+
+def test_a_failing_save_is_one_line_and_keeps_the_previous_checkpoint(
+        capsys, checkpoint, mnist, tmp_path, monkeypatch):
+    out = tmp_path / "m.pt"
+    out.write_bytes(previous := open(checkpoint, "rb").read())
+
+    def disk_full(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    code, _, err = run(capsys, train, "--data-dir", mnist, "--epochs", 1, "--val-size", 100,
+                       "--device", "cpu", "--out", out)
+    assert_one_line_error(code, err, f"cannot save {out}", "No space left on device")
+    assert out.read_bytes() == previous
+    assert os.listdir(tmp_path) == ["m.pt"]
 
 
 def test_saving_is_atomic(checkpoint, tmp_path, monkeypatch):

@@ -191,16 +191,28 @@ METRICS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", 
            "images_per_second"]
 
 
-def print_epoch(m):
+def print_epoch(metrics):
     def percent(value):
         return "     -" if value is None else f"{100 * value:6.2f}%"
 
     def number(value):
         return "     -" if value is None else f"{value:6.4f}"
 
-    print(f"{m['epoch']:5d}  {number(m['train_loss']):>10}  {percent(m['train_accuracy']):>9}  "
-          f"{number(m['val_loss']):>8}  {percent(m['val_accuracy']):>8}  "
-          f"{m['seconds']:6.1f}s  {m['images_per_second']:9,.0f}", flush=True)
+    print(f"{metrics['epoch']:5d}  {number(metrics['train_loss']):>10}  "
+          f"{percent(metrics['train_accuracy']):>9}  {number(metrics['val_loss']):>8}  "
+          f"{percent(metrics['val_accuracy']):>8}  {metrics['seconds']:6.1f}s  "
+          f"{metrics['images_per_second']:9,.0f}", flush=True)
+
+
+def save(args, model, state, **details):
+    """save_checkpoint, ending in one line on stderr if the disk refuses."""
+    try:
+        save_checkpoint(args.out, model.config, state,
+                        normalization={"mean": data.MNIST_MEAN, "std": data.MNIST_STD},
+                        train_args={**vars(args), "device": str(args.device)}, **details)
+    except OSError as error:
+        sys.exit(f"error: cannot save {args.out}: {error.strerror}; "
+                 f"any earlier file there is unchanged")
 
 
 def main(argv=None):
@@ -229,10 +241,6 @@ def main(argv=None):
     log = csv.DictWriter(log_file, fieldnames=METRICS) if log_file else None
     if log:
         log.writeheader()
-    checkpoint_details = {
-        "normalization": {"mean": data.MNIST_MEAN, "std": data.MNIST_STD},
-        "train_args": {**vars(args), "device": str(args.device)},
-    }
     history = []  # one dict of metrics per epoch
     finished = (0, None)  # (epoch, the weights at its end) of the last completed epoch
     print(f"training a {[28 * 28, *args.hidden, 10]} MLP on {len(train_set):,} images "
@@ -259,9 +267,8 @@ def main(argv=None):
         epochs_done, state = finished
         if state is None:
             sys.exit("interrupted before the first epoch finished: nothing saved")
-        save_checkpoint(args.out, model.config, state, **checkpoint_details,
-                        metrics=history[:epochs_done], epochs_completed=epochs_done,
-                        interrupted=True)
+        save(args, model, state, metrics=history[:epochs_done],
+             epochs_completed=epochs_done, interrupted=True)
         sys.exit(f"interrupted: saved the model after epoch {epochs_done} of {args.epochs} "
                  f"to {args.out}, marked as interrupted")
     except Diverged as where:
@@ -271,8 +278,8 @@ def main(argv=None):
         if log_file:
             log_file.close()
 
-    save_checkpoint(args.out, model.config, finished[1], **checkpoint_details,
-                    metrics=history, epochs_completed=args.epochs, interrupted=False)
+    save(args, model, finished[1], metrics=history, epochs_completed=args.epochs,
+         interrupted=False)
     val = history[-1]["val_accuracy"]
     print(f"saved {args.out}" + (f" (validation accuracy {100 * val:.2f}%)" if val is not None else ""))
 
