@@ -106,5 +106,6 @@ def main(argv=None):
     except OSError as error:  # checked before the evaluation, but a disk can still fill up
         sys.exit(f"error: cannot write {error.filename or 'the output'}: {error.strerror}")
 
+
 if __name__ == "__main__":
     main()
