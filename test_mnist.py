@@ -434,8 +434,11 @@ def test_cuda_on_a_machine_without_it(capsys, device, tmp_path):
     assert_one_line_error(code, err, "CUDA is not available")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="this machine has no CUDA")
-def test_cuda_device_beyond_the_count(capsys, tmp_path):
+def test_cuda_device_beyond_the_count(capsys, tmp_path, monkeypatch):
+    # A machine with one GPU, real or (on a machine without CUDA) pretended.
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     device = f"cuda:{torch.cuda.device_count()}"
     code, _, err = run(capsys, train, "--device", device, "--data-dir", tmp_path / "nowhere")
     assert_one_line_error(code, err, f"there is no {device}")
