@@ -746,3 +746,14 @@ def test_benchmark_prints_all_three_rows(capsys, mnist):
         assert float(seconds) > 0 and float(images_per_second.replace(",", "")) > 0
     assert "ours / floor" in stdout and "peak memory" in stdout
     assert f"torch {torch.__version__}" in stdout
+
+
+def test_benchmark_random_data_is_valid_mnist(tmp_path):
+    """Without MNIST the benchmark writes random data in its format, which the
+    real reader accepts."""
+    assert not benchmark.has_mnist(tmp_path)
+    benchmark.write_random_mnist(str(tmp_path), train_images=100, test_images=20)
+    assert benchmark.has_mnist(tmp_path)
+    images, labels = data.load_split(str(tmp_path), "train")
+    assert images.shape == (100, 28, 28) and labels.shape == (100,)
+    assert len(data.load_split(str(tmp_path), "test")[1]) == 20
