@@ -70,13 +70,10 @@ def ours(args, root, augment=True):
     """An epoch as train.py runs it: its data.py batches, model, optimizer,
     scheduler, loss and train_one_epoch, with its default hyperparameters."""
     flags = ["--hidden", *map(str, args.hidden), "--batch-size", str(args.batch_size),
-             "--val-size", "0", "--augment" if augment else "--no-augment"]
+             "--val-size", "0", "--device", str(args.device),
+             "--augment" if augment else "--no-augment"]
     train_args = train.parse_args(flags)
-    distortion = None
-    if train_args.augment:
-        distortion = data.RandomDistortion(torch.Generator(device=args.device).manual_seed(0),
-                                           train_args.rotation, train_args.scale, train_args.shift)
-    train_set, _ = data.train_val_sets(root, 0, 0, args.device, distortion)
+    train_set, _ = data.train_val_sets(root, 0, 0, args.device, train.make_augmentation(train_args))
     train_loader = data.make_loader(train_set, args.batch_size, torch.Generator().manual_seed(0))
     model = MLP(args.hidden).to(args.device)
     optimizer = train.make_optimizer(model, train_args)

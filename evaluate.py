@@ -98,9 +98,10 @@ def main(argv=None):
             print(f"\nwrote {args.json}")
         if args.errors:
             wrong = (~correct).nonzero().squeeze(1)[:100]
-            raw_images, _ = data.load_split(args.data_dir, "test")  # the pixels as on disk
-            save_error_grid(args.errors, raw_images[wrong.cpu()], labels[wrong].tolist(),
-                            predictions[wrong].tolist())
+            # Undo the normalization to draw the digits as 0-255 pixels.
+            pixels = test_set.images[wrong, 0] * normalization["std"] + normalization["mean"]
+            save_error_grid(args.errors, (pixels * 255).round().byte().cpu(),
+                            labels[wrong].tolist(), predictions[wrong].tolist())
             print(f"wrote {args.errors} ({len(wrong)} of {len(labels) - metrics['correct']} "
                   f"errors)")
     except OSError as error:  # checked before the evaluation, but a disk can still fill up

@@ -384,6 +384,26 @@ def test_error_grid_shows_the_misclassified_digits(tmp_path):
     assert grid.getpixel((12 * 2, 10 * 2)) == 255  # a digit's stroke, scaled up twice
 
 
+def test_error_grid_draws_the_test_images_as_stored(capsys, checkpoint, mnist, tmp_path,
+                                                   monkeypatch):
+    real_predict = evaluate.predict
+
+    def always_wrong(model, loader):  # every prediction one class off
+        _, labels = real_predict(model, loader)
+        return F.one_hot((labels + 1) % 10, 10).float(), labels
+
+    drawn = {}
+    monkeypatch.setattr(evaluate, "predict", always_wrong)
+    monkeypatch.setattr(evaluate, "save_error_grid",
+                        lambda path, images, labels, predictions: drawn.update(images=images))
+    code, _, _ = run(capsys, evaluate, checkpoint, "--data-dir", mnist, "--errors",
+                     tmp_path / "errors.png")
+    assert code == 0
+    stored, _ = data.load_split(mnist, "test")
+    assert drawn["images"].dtype == torch.uint8
+    assert torch.equal(drawn["images"], stored[:100])  # the first 100 errors, pixel for pixel
+
+
 def test_command_line_train_then_evaluate(mnist, tmp_path):
     """The user's path, end to end, in real processes."""
     out = tmp_path / "model.pt"

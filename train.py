@@ -116,6 +116,16 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def make_augmentation(args):
+    """The random distortion of training batches that the flags ask for, or None."""
+    if not args.augment:
+        return None
+    # Its own generator, on the data's device: the same seed, the same distortions.
+    generator = torch.Generator(device=args.device).manual_seed(args.seed)
+    return data.RandomDistortion(generator, args.rotation, args.scale, args.shift,
+                                 args.elastic_alpha, args.elastic_sigma)
+
+
 def make_optimizer(model, args):
     # fused=True: one kernel updates every parameter, instead of a handful of
     # small operations per tensor; on this small model that saves a lot.
@@ -218,14 +228,9 @@ def save(args, model, state, **details):
 def main(argv=None):
     args = parse_args(argv)
     torch.manual_seed(args.seed)  # the initial weights and dropout
-    augment = None
-    if args.augment:
-        augment = data.RandomDistortion(torch.Generator(device=args.device).manual_seed(args.seed),
-                                        args.rotation, args.scale, args.shift,
-                                        args.elastic_alpha, args.elastic_sigma)
     try:
         train_set, val_set = data.train_val_sets(args.data_dir, args.val_size, args.seed,
-                                                 args.device, augment)
+                                                 args.device, make_augmentation(args))
     except data.DataError as error:
         sys.exit(f"error: {error}")
     train_loader = data.make_loader(train_set, args.batch_size,
