@@ -159,7 +159,10 @@ class RandomDistortion:
         # Pixels pulled in from outside the image are background (black), which is
         # not 0 after normalization: shift so that it is, warp, shift back.
         black = -MNIST_MEAN / MNIST_STD
-        grid = grid.permute(0, 2, 3, 1).contiguous()  # grid_sample wants [B, 28, 28, (x, y)]
+        # grid_sample wants [B, 28, 28, (x, y)] and reads the permuted view as it
+        # is: copying it into a contiguous tensor first made the augmentation
+        # about twice as slow on this project's CPU.
+        grid = grid.permute(0, 2, 3, 1)
         return F.grid_sample(images - black, grid, align_corners=False) + black
 
     def elastic_field(self, batch):
