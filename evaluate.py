@@ -8,6 +8,7 @@ is needed. The test images are used here and nowhere else: hyperparameters are
 chosen on the validation split that train.py holds out.
 """
 
+import argparse
 import json
 import sys
 
@@ -15,14 +16,22 @@ import torch
 import torch.nn.functional as F
 
 import data
-from model import CheckpointError, load_checkpoint, predict
+from model import CheckpointError, load_checkpoint, predict, replacing
+
+
+def png_file(path):
+    """--errors: the picture is a PNG, and its name should say so."""
+    if not path.lower().endswith(".png"):
+        raise argparse.ArgumentTypeError(f"{path}: the picture is a PNG; give a file name "
+                                         f"ending in .png")
+    return data.output_path(path)
 
 
 def parse_args(argv=None):
     parser = data.ArgumentParser(description="Evaluate a trained MLP on the MNIST test set.")
     parser.add_argument("checkpoint", help="a model file written by train.py, e.g. model.pt")
     data.add_data_flags(parser)
-    parser.add_argument("--errors", type=data.output_path, metavar="PNG",
+    parser.add_argument("--errors", type=png_file, metavar="PNG",
                         help="save a grid of misclassified test digits, labelled true->predicted")
     parser.add_argument("--json", type=data.output_path, metavar="FILE",
                         help="also write the figures to this JSON file")
@@ -50,8 +59,9 @@ def print_report(metrics):
         print(f"  {digit}  " + "".join(f"{count:>{width}}" for count in row))
 
 
-def save_error_grid(path, images, labels, predictions, columns=10, scale=2):
-    """A PNG grid of (up to 100) misclassified digits, each captioned true->predicted."""
+def save_error_grid(file, images, labels, predictions, columns=10, scale=2):
+    """A PNG grid of (up to 100) misclassified digits, each captioned true->predicted,
+    written to `file` (a path or a binary file)."""
     from PIL import Image, ImageDraw  # Pillow comes with torchvision
 
     tile, caption = 28 * scale, 14
@@ -63,7 +73,18 @@ def save_error_grid(path, images, labels, predictions, columns=10, scale=2):
         digit = Image.fromarray(image.numpy()).resize((tile, tile), Image.NEAREST)
         grid.paste(digit, (x, y))
         draw.text((x + 2, y + tile), f"{label}->{predicted}", fill=0)
-    grid.save(path)
+    grid.save(file, format="PNG")
+
+
+def write_output(path, write):
+    """Call write(file) to fill `path`, all of it or nothing: through a temporary
+    file, so that a full disk or Ctrl-C never leaves half a report."""
+    try:
+        with replacing(path) as f:
+            write(f)
+    except OSError as error:  # its folder was checked before evaluating, but disks fill up
+        sys.exit(f"error: cannot write {path}: {error.strerror}; any earlier file there "
+                 f"is unchanged")
 
 
 def main(argv=None):
@@ -91,21 +112,17 @@ def main(argv=None):
     }
     print_report(metrics)
 
-    try:
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(metrics, f, indent=2)
-            print(f"\nwrote {args.json}")
-        if args.errors:
-            wrong = (~correct).nonzero().squeeze(1)[:100]
-            # Undo the normalization to draw the digits as 0-255 pixels.
-            pixels = test_set.images[wrong, 0] * normalization["std"] + normalization["mean"]
-            save_error_grid(args.errors, (pixels * 255).round().byte().cpu(),
-                            labels[wrong].tolist(), predictions[wrong].tolist())
-            print(f"wrote {args.errors} ({len(wrong)} of {len(labels) - metrics['correct']} "
-                  f"errors)")
-    except OSError as error:  # checked before the evaluation, but a disk can still fill up
-        sys.exit(f"error: cannot write {error.filename or 'the output'}: {error.strerror}")
+    if args.json:
+        write_output(args.json, lambda f: f.write(json.dumps(metrics, indent=2).encode()))
+        print(f"\nwrote {args.json}")
+    if args.errors:
+        wrong = (~correct).nonzero().squeeze(1)[:100]
+        # Undo the normalization to draw the digits as 0-255 pixels.
+        pixels = test_set.images[wrong, 0] * normalization["std"] + normalization["mean"]
+        images = (pixels * 255).round().byte().cpu()
+        write_output(args.errors, lambda f: save_error_grid(
+            f, images, labels[wrong].tolist(), predictions[wrong].tolist()))
+        print(f"wrote {args.errors} ({len(wrong)} of {len(labels) - metrics['correct']} errors)")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The multi-layer perceptron, and the checkpoint file that stores it."""
 
+import contextlib
 import os
 import re
 import warnings
@@ -57,26 +58,34 @@ class CheckpointError(Exception):
     """A checkpoint file that cannot be used; the message says why."""
 
 
-def save_checkpoint(path, config, state_dict, normalization, **details):
-    """Write a self-describing checkpoint: the model's constructor arguments, its
-    weights, the input normalization it was trained with ({"mean": .., "std": ..})
-    and any `details` (training arguments, metrics).
-
-    Written to a temporary file in the same folder and then renamed over `path`:
-    a crash or Ctrl-C while writing leaves the previous file intact."""
-    checkpoint = {"format": CHECKPOINT_FORMAT, "config": config,
-                  "state_dict": {name: tensor.cpu() for name, tensor in state_dict.items()},
-                  "normalization": normalization, **details}
+@contextlib.contextmanager
+def replacing(path):
+    """Open a temporary file in `path`'s folder for writing (binary) and, once
+    the block has written it without an error, rename it over `path`. A crash,
+    Ctrl-C or full disk midway leaves the previous file at `path` intact and no
+    temporary file behind. Checkpoints are written this way, and so are
+    evaluate.py's reports."""
     temporary = f"{path}.{os.getpid()}.tmp"
     try:
         with open(temporary, "wb") as f:
-            torch.save(checkpoint, f)
+            yield f
             f.flush()
             os.fsync(f.fileno())  # on disk before the rename makes it visible
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def save_checkpoint(path, config, state_dict, normalization, **details):
+    """Write a self-describing checkpoint: the model's constructor arguments, its
+    weights, the input normalization it was trained with ({"mean": .., "std": ..})
+    and any `details` (training arguments, metrics)."""
+    checkpoint = {"format": CHECKPOINT_FORMAT, "config": config,
+                  "state_dict": {name: tensor.cpu() for name, tensor in state_dict.items()},
+                  "normalization": normalization, **details}
+    with replacing(path) as f:
+        torch.save(checkpoint, f)
 
 
 def load_checkpoint(path, device="cpu"):

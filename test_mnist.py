@@ -545,25 +545,35 @@ def test_train_output_that_is_a_directory_or_under_a_file(capsys, tmp_path):
     assert_one_line_error(code, err, "--out")
 
 
-@pytest.mark.parametrize("flag", ["--errors", "--json"])
-def test_evaluate_output_in_a_missing_folder_is_found_first(capsys, checkpoint, tmp_path, flag):
-    code, _, err = run(capsys, evaluate, checkpoint, flag, tmp_path / "missing" / "file",
+@pytest.mark.parametrize("flag, name", [("--errors", "errors.png"), ("--json", "metrics.json")])
+def test_evaluate_output_in_a_missing_folder_is_found_first(capsys, checkpoint, tmp_path, flag,
+                                                            name):
+    code, _, err = run(capsys, evaluate, checkpoint, flag, tmp_path / "missing" / name,
                        "--data-dir", tmp_path / "nowhere")
     assert_one_line_error(code, err, flag, "does not exist")
 
 
-@pytest.mark.parametrize("flag", ["--json", "--errors"])
+def test_the_error_picture_must_be_named_png(capsys, checkpoint, tmp_path):
+    code, _, err = run(capsys, evaluate, checkpoint, "--errors", tmp_path / "errors.txt",
+                       "--data-dir", tmp_path / "nowhere")
+    assert_one_line_error(code, err, "--errors", "ending in .png")
+
+
+@pytest.mark.parametrize("flag, name", [("--json", "metrics.json"), ("--errors", "errors.png")])
 def test_evaluate_output_that_cannot_be_written_is_one_line(
-        capsys, checkpoint, mnist, tmp_path, monkeypatch, flag):
-    def disk_full(*args, **kwargs):
+        capsys, checkpoint, mnist, tmp_path, monkeypatch, flag, name):
+    output = tmp_path / name
+    output.write_bytes(b"the previous report")
+
+    def disk_full(fd):  # where a full disk shows up at the latest
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(evaluate.json, "dump", disk_full)
-    monkeypatch.setattr(evaluate, "save_error_grid", disk_full)
-    code, stdout, err = run(capsys, evaluate, checkpoint, "--data-dir", mnist,
-                            flag, tmp_path / "output")
-    assert_one_line_error(code, err, "cannot write", "No space left on device")
+    monkeypatch.setattr(os, "fsync", disk_full)
+    code, stdout, err = run(capsys, evaluate, checkpoint, "--data-dir", mnist, flag, output)
+    assert_one_line_error(code, err, f"cannot write {output}", "No space left on device")
     assert "test accuracy" in stdout  # the report itself is not lost
+    assert output.read_bytes() == b"the previous report"  # nor the earlier file
+    assert os.listdir(tmp_path) == [name]  # and no temporary file is left behind
 
 
 class RunsCode:
