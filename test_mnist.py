@@ -256,6 +256,21 @@ def test_every_optimizer_scheduler_and_option_trains(capsys, mnist, tmp_path, fl
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
 
 
+def test_validation_loss_is_plain_cross_entropy_whatever_the_smoothing(capsys, mnist,
+                                                                      tmp_path):
+    out = tmp_path / "m.pt"
+    code, _, _ = run(capsys, train, "--data-dir", mnist, "--epochs", 1, "--val-size", 100,
+                     "--label-smoothing", 0.5, "--device", "cpu", "--out", out)
+    assert code == 0
+    model, checkpoint = load_checkpoint(out)
+    _, val_set = data.train_val_sets(mnist, 100, 0, torch.device("cpu"))
+    logits, labels = predict(model, data.make_loader(val_set, 1000))
+    plain = F.cross_entropy(logits, labels).item()
+    assert checkpoint["metrics"][0]["val_loss"] == pytest.approx(plain)
+    smoothed = F.cross_entropy(logits, labels, label_smoothing=0.5).item()
+    assert abs(smoothed - plain) > 0.1  # the test can tell the two apart
+
+
 def test_val_size_zero_trains_on_everything(capsys, mnist, tmp_path):
     code, stdout, _ = run(capsys, train, "--data-dir", mnist, "--epochs", 1, "--val-size", 0,
                           "--device", "cpu", "--out", tmp_path / "m.pt")
