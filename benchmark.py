@@ -1,7 +1,8 @@
 """How fast does train.py train, next to the usual tutorial pipeline and next to
 the compute floor? One command, one table:
 
-    python benchmark.py [--device auto] [--batch-size N] [--hidden ...] [--epochs N] [--data-dir DIR]
+    python benchmark.py [--device auto] [--batch-size N] [--hidden ...] [--epochs N]
+                        [--data-dir DIR]
 
 Every row trains the same model at the same batch size, on the same device, in
 float32, over the same 60,000 images per epoch:
@@ -31,6 +32,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+import cli
 import data
 import train
 from model import MLP
@@ -38,12 +40,12 @@ from model import MLP
 
 def parse_args(argv=None):
     defaults = train.parse_args([])
-    parser = data.ArgumentParser(description="Time ours, the tutorial pipeline and the floor.")
-    parser.add_argument("--hidden", type=train.positive_int, nargs="+", default=defaults.hidden)
-    parser.add_argument("--batch-size", type=train.positive_int, default=defaults.batch_size)
-    parser.add_argument("--epochs", type=train.positive_int, default=3,
+    parser = cli.ArgumentParser(description="Time ours, the tutorial pipeline and the floor.")
+    parser.add_argument("--hidden", type=cli.positive_int, nargs="+", default=defaults.hidden)
+    parser.add_argument("--batch-size", type=cli.positive_int, default=defaults.batch_size)
+    parser.add_argument("--epochs", type=cli.positive_int, default=3,
                         help="timed epochs per row, after one warm-up")
-    data.add_data_flags(parser)
+    cli.add_device_and_data_flags(parser)
     return parser.parse_args(argv)
 
 
@@ -184,7 +186,8 @@ def main(argv=None):
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory: {peak_mib:,.0f} MiB resident", end="")
     if args.device.type == "cuda":
-        print(f", {torch.cuda.max_memory_allocated(args.device) / 2**20:,.0f} MiB on the GPU", end="")
+        gpu_mib = torch.cuda.max_memory_allocated(args.device) / 2**20
+        print(f", {gpu_mib:,.0f} MiB on the GPU", end="")
     print()
 
 

@@ -8,10 +8,8 @@ converted once into one normalized float32 tensor on the training device, and a
 batch is a single `index_select` on it.
 """
 
-import argparse
 import math
 import os
-import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -136,7 +134,8 @@ class RandomDistortion:
         offsets = torch.arange(-IMAGE_SIZE + 1, IMAGE_SIZE, device=device)
         gaussian = torch.exp(-offsets ** 2 / (2 * elastic_sigma ** 2))
         index = torch.arange(IMAGE_SIZE, device=device)
-        self.smoothing = (gaussian / gaussian.sum())[index[None, :] - index[:, None] + IMAGE_SIZE - 1]
+        distance = index[None, :] - index[:, None]
+        self.smoothing = (gaussian / gaussian.sum())[distance + IMAGE_SIZE - 1]
 
     def uniform(self, bound, *shape):
         """Independent draws in [-bound, bound]."""
@@ -251,61 +250,3 @@ def train_val_sets(root, val_size, seed, device, transform=None):
 def test_set(root, device, mean=MNIST_MEAN, std=MNIST_STD):
     """The 10,000 test images, normalized as the model's training images were."""
     return MNISTTensors(*as_tensors(*load_split(root, "test"), device, mean, std))
-
-
-# ----------------------------------------------------------------------------
-# Command-line pieces shared by train.py, evaluate.py and benchmark.py
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse, except that a bad flag prints one line, not the usage block."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-def device_flag(name):
-    """--device: 'auto' picks a GPU when there is one; a named device must exist."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda", "mps"):
-        raise argparse.ArgumentTypeError(f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("CUDA is not available on this machine (try --device cpu)")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(
-            f"there is no {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise argparse.ArgumentTypeError("MPS is not available on this machine (try --device cpu)")
-    return device
-
-
-def output_path(path):
-    """An output file flag: its folder must exist and take a new file now, so that
-    a typo is found before training, not after it."""
-    folder = os.path.dirname(path) or "."
-    if os.path.isdir(path):
-        raise argparse.ArgumentTypeError(f"{path} is a directory, not a file name")
-    if not os.path.exists(folder):
-        raise argparse.ArgumentTypeError(f"folder {folder} does not exist")
-    if not os.path.isdir(folder):
-        raise argparse.ArgumentTypeError(f"{folder} is not a folder")
-    try:
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as error:
-        raise argparse.ArgumentTypeError(f"cannot write into {folder}: {error.strerror}")
-    return path
-
-
-def add_data_flags(parser):
-    parser.add_argument("--device", type=device_flag, default="auto",
-                        help="auto, cpu, cuda, cuda:N or mps (auto: a GPU if there is one)")
-    parser.add_argument("--data-dir", default="./data",
-                        help="folder with MNIST/raw/ (downloaded there if missing)")

@@ -8,32 +8,24 @@ is needed. The test images are used here and nowhere else: hyperparameters are
 chosen on the validation split that train.py holds out.
 """
 
-import argparse
 import json
 import sys
 
 import torch
 import torch.nn.functional as F
 
+import cli
 import data
 from model import CheckpointError, load_checkpoint, predict, replacing
 
 
-def png_file(path):
-    """--errors: the picture is a PNG, and its name should say so."""
-    if not path.lower().endswith(".png"):
-        raise argparse.ArgumentTypeError(f"{path}: the picture is a PNG; give a file name "
-                                         f"ending in .png")
-    return data.output_path(path)
-
-
 def parse_args(argv=None):
-    parser = data.ArgumentParser(description="Evaluate a trained MLP on the MNIST test set.")
+    parser = cli.ArgumentParser(description="Evaluate a trained MLP on the MNIST test set.")
     parser.add_argument("checkpoint", help="a model file written by train.py, e.g. model.pt")
-    data.add_data_flags(parser)
-    parser.add_argument("--errors", type=png_file, metavar="PNG",
+    cli.add_device_and_data_flags(parser)
+    parser.add_argument("--errors", type=cli.png_file, metavar="PNG",
                         help="save a grid of misclassified test digits, labelled true->predicted")
-    parser.add_argument("--json", type=data.output_path, metavar="FILE",
+    parser.add_argument("--json", type=cli.output_file, metavar="FILE",
                         help="also write the figures to this JSON file")
     return parser.parse_args(argv)
 

@@ -47,8 +47,8 @@ class MLP(nn.Module):
 def predict(model, loader):
     """The model's logits for every batch of `loader`, and the labels, in order."""
     model.eval()  # no dropout
-    batches = [(model(images), labels) for images, labels in loader]
-    return torch.cat([logits for logits, _ in batches]), torch.cat([labels for _, labels in batches])
+    logits, labels = zip(*[(model(images), labels) for images, labels in loader])
+    return torch.cat(logits), torch.cat(labels)
 
 
 # ----------------------------------------------------------------------------

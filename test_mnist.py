@@ -22,7 +22,7 @@ import benchmark
 import data
 import evaluate
 import train
-from model import MLP, CheckpointError, load_checkpoint, predict, save_checkpoint
+from model import MLP, load_checkpoint, predict, save_checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

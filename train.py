@@ -8,7 +8,6 @@ evaluate.py reads back. `python train.py --help` lists every hyperparameter.
 
 import argparse
 import csv
-import math
 import sys
 import time
 
@@ -16,103 +15,61 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import cli
 import data
 from model import MLP, predict, save_checkpoint
-
 
 # ----------------------------------------------------------------------------
 # Hyperparameters
 
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
-
-
-def nonnegative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
-
-
-def seed(text):
-    value = int(text)
-    if not 0 <= value < 2 ** 63:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {text}")
-    return value
-
-
-def positive_float(text):
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
-    return value
-
-
-def nonnegative_float(text):
-    value = float(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {text}")
-    return value
-
-
-def fraction(text):
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
-
-
 def parse_args(argv=None):
-    parser = data.ArgumentParser(description="Train an MLP on MNIST.",
+    parser = cli.ArgumentParser(description="Train an MLP on MNIST.",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model = parser.add_argument_group("model")
-    model.add_argument("--hidden", type=positive_int, nargs="+", default=[384, 256],
+    model.add_argument("--hidden", type=cli.positive_int, nargs="+", default=[384, 256],
                        help="width of each hidden layer, e.g. --hidden 1024 1024")
-    model.add_argument("--dropout", type=fraction, default=0.0,
+    model.add_argument("--dropout", type=cli.fraction, default=0.0,
                        help="dropout probability after each hidden layer")
     optim = parser.add_argument_group("optimization")
     optim.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam",
                        help="how the gradients update the weights")
-    optim.add_argument("--lr", type=positive_float, default=1e-3,
+    optim.add_argument("--lr", type=cli.positive_float, default=1e-3,
                        help="learning rate (the peak one if a scheduler varies it)")
-    optim.add_argument("--momentum", type=fraction, default=0.9, help="for sgd")
-    optim.add_argument("--weight-decay", type=nonnegative_float, default=0.0,
+    optim.add_argument("--momentum", type=cli.fraction, default=0.9, help="for sgd")
+    optim.add_argument("--weight-decay", type=cli.nonnegative_float, default=0.0,
                        help="L2 penalty (decoupled for adamw)")
     optim.add_argument("--scheduler", choices=["none", "step", "cosine", "onecycle"],
                        default="onecycle", help="learning-rate schedule over the run")
-    optim.add_argument("--gamma", type=positive_float, default=0.7,
+    optim.add_argument("--gamma", type=cli.positive_float, default=0.7,
                        help="for the step scheduler: multiply the rate by this each epoch")
-    optim.add_argument("--batch-size", type=positive_int, default=128,
+    optim.add_argument("--batch-size", type=cli.positive_int, default=128,
                        help="images per gradient step")
-    optim.add_argument("--epochs", type=positive_int, default=5,
+    optim.add_argument("--epochs", type=cli.positive_int, default=5,
                        help="passes over the training images")
-    optim.add_argument("--label-smoothing", type=fraction, default=0.1,
+    optim.add_argument("--label-smoothing", type=cli.fraction, default=0.1,
                        help="spread this much of each target over the other classes")
     augment = parser.add_argument_group("data augmentation (training images only)")
     augment.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                          help="distort every training image anew each time it is used")
-    augment.add_argument("--rotation", type=nonnegative_float, default=5.0,
+    augment.add_argument("--rotation", type=cli.nonnegative_float, default=5.0,
                          help="random rotation, up to this many degrees either way")
-    augment.add_argument("--scale", type=fraction, default=0.05,
+    augment.add_argument("--scale", type=cli.fraction, default=0.05,
                          help="random scaling, up to this fraction either way")
-    augment.add_argument("--shift", type=nonnegative_float, default=1.0,
+    augment.add_argument("--shift", type=cli.nonnegative_float, default=1.0,
                          help="random shift, up to this many pixels either way")
-    augment.add_argument("--elastic-alpha", type=nonnegative_float, default=0.0,
+    augment.add_argument("--elastic-alpha", type=cli.nonnegative_float, default=0.0,
                          help="elastic distortion strength in pixels (0: none)")
-    augment.add_argument("--elastic-sigma", type=positive_float, default=4.0,
+    augment.add_argument("--elastic-sigma", type=cli.positive_float, default=4.0,
                          help="smoothness of the elastic distortion in pixels")
     other = parser.add_argument_group("data and output")
-    other.add_argument("--val-size", type=nonnegative_int, default=5000,
+    other.add_argument("--val-size", type=cli.nonnegative_int, default=5000,
                        help="training images held out for validation (0: train on all)")
-    other.add_argument("--seed", type=seed, default=0,
+    other.add_argument("--seed", type=cli.seed, default=0,
                        help="seeds the weights, the validation split and the shuffling")
-    data.add_data_flags(other)
-    other.add_argument("--out", type=data.output_path, default="model.pt",
+    cli.add_device_and_data_flags(other)
+    other.add_argument("--out", type=cli.output_file, default="model.pt",
                        help="where to save the trained model")
-    other.add_argument("--log", type=data.output_path,
+    other.add_argument("--log", type=cli.output_file,
                        help="also write the per-epoch metrics to this CSV file")
     return parser.parse_args(argv)
 
@@ -293,7 +250,8 @@ def main(argv=None):
     save(args, model, finished[1], metrics=history, epochs_completed=args.epochs,
          interrupted=False)
     val = history[-1]["val_accuracy"]
-    print(f"saved {args.out}" + (f" (validation accuracy {100 * val:.2f}%)" if val is not None else ""))
+    print(f"saved {args.out}"
+          + (f" (validation accuracy {100 * val:.2f}%)" if val is not None else ""))
 
 
 if __name__ == "__main__":

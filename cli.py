@@ -1,0 +1,124 @@
+"""The command-line vocabulary the scripts share: a parser whose errors are one
+line, flag types that refuse bad values before any work starts, --device and
+output files.
+
+A value that argparse's `type=` function rejects with ArgumentTypeError becomes
+`script: error: argument --lr: must be ...` and exit status 2, so a typo costs
+a second, not a training run.
+"""
+
+import argparse
+import math
+import os
+import tempfile
+
+import torch
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, except that a bad flag prints one line, not the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def nonnegative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+def seed(text):
+    """torch would wrap a negative seed around without a word, and fail with an
+    overflow on one of 2**64 or more; this keeps to a signed 64-bit integer."""
+    value = int(text)
+    if not 0 <= value < 2 ** 63:
+        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {text}")
+    return value
+
+
+def positive_float(text):
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
+    return value
+
+
+def nonnegative_float(text):
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {text}")
+    return value
+
+
+def fraction(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def device(name):
+    """--device: 'auto' picks a GPU when there is one; a named device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        chosen = torch.device(name)
+    except RuntimeError:
+        chosen = None
+    if chosen is None or chosen.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(
+            f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)")
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError("CUDA is not available on this machine (try --device cpu)")
+    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(
+            f"there is no {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError("MPS is not available on this machine (try --device cpu)")
+    return chosen
+
+
+def output_file(path):
+    """An output file flag: its folder must exist and take a new file now, so that
+    a typo is found before training, not after it."""
+    folder = os.path.dirname(path) or "."
+    if os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{path} is a directory, not a file name")
+    if not os.path.exists(folder):
+        raise argparse.ArgumentTypeError(f"folder {folder} does not exist")
+    if not os.path.isdir(folder):
+        raise argparse.ArgumentTypeError(f"{folder} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot write into {folder}: {error.strerror}") from None
+    return path
+
+
+def png_file(path):
+    """An output picture: a PNG, whose name should say so."""
+    if not path.lower().endswith(".png"):
+        raise argparse.ArgumentTypeError(f"{path}: the picture is a PNG; give a file name "
+                                         f"ending in .png")
+    return output_file(path)
+
+
+def add_device_and_data_flags(parser):
+    parser.add_argument("--device", type=device, default="auto",
+                        help="auto, cpu, cuda, cuda:N or mps (auto: a GPU if there is one)")
+    parser.add_argument("--data-dir", default="./data",
+                        help="the data root: MNIST/raw/ (or FashionMNIST/raw/) is looked for "
+                             "there, and downloaded there if missing")
