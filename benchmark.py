@@ -39,7 +39,7 @@ from model import MLP
 
 
 def parse_args(argv=None):
-    defaults = train.parse_args([])
+    defaults = train.make_parser().parse_args([])
     parser = cli.ArgumentParser(description="Time ours, the tutorial pipeline and the floor.")
     parser.add_argument("--hidden", type=cli.positive_int, nargs="+", default=defaults.hidden)
     parser.add_argument("--batch-size", type=cli.positive_int, default=defaults.batch_size)
@@ -74,8 +74,9 @@ def ours(args, root, augment=True):
     flags = ["--hidden", *map(str, args.hidden), "--batch-size", str(args.batch_size),
              "--val-size", "0", "--device", str(args.device),
              "--augment" if augment else "--no-augment"]
-    train_args = train.parse_args(flags)
-    train_set, _ = data.train_val_sets(root, 0, 0, args.device, train.make_augmentation(train_args))
+    train_args = train.make_parser().parse_args(flags)
+    train_set, _, normalization = data.train_val_sets(root, "mnist", 0, 0, args.device)
+    train_set.transform = train.make_augmentation(train_args, normalization)
     train_loader = data.make_loader(train_set, args.batch_size, torch.Generator().manual_seed(0))
     model = MLP(args.hidden).to(args.device)
     optimizer = train.make_optimizer(model, train_args)
@@ -95,7 +96,7 @@ def conventional(args, root):
     from torchvision import datasets, transforms
 
     transform = transforms.Compose([transforms.ToTensor(),
-                                    transforms.Normalize((data.MNIST_MEAN,), (data.MNIST_STD,))])
+                                    transforms.Normalize((0.1307,), (0.3081,))])  # MNIST
     dataset = datasets.MNIST(root, train=True, transform=transform)
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True)
     model = MLP(args.hidden).to(args.device)

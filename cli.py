@@ -14,6 +14,8 @@ import tempfile
 
 import torch
 
+from model import replacing
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, except that a bad flag prints one line, not the usage block."""
@@ -114,6 +116,18 @@ def png_file(path):
         raise argparse.ArgumentTypeError(f"{path}: the picture is a PNG; give a file name "
                                          f"ending in .png")
     return output_file(path)
+
+
+def write_file(path, write):
+    """Call write(file) to fill the output file `path`, all of it or nothing:
+    through a temporary file, so that a full disk or Ctrl-C never leaves half a
+    report or picture. One line on stderr and exit status 1 if the disk refuses."""
+    try:
+        with replacing(path) as f:
+            write(f)
+    except OSError as error:  # its folder was checked at start-up, but disks fill up
+        raise SystemExit(f"error: cannot write {path}: {error.strerror}; any earlier "
+                         f"file there is unchanged") from None
 
 
 def add_device_and_data_flags(parser):

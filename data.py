@@ -1,5 +1,5 @@
-"""MNIST for the training loop: read the files once, keep them as tensors on the
-device, and let a DataLoader serve whole batches.
+"""MNIST (or Fashion-MNIST) for the training loop: read the files once, keep
+them as tensors on the device, and let a DataLoader serve whole batches.
 
 The usual tutorial pipeline turns every image into a PIL picture, converts and
 normalizes it, then stacks 64 of them into a batch: per-sample Python work that
@@ -15,9 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-MNIST_MEAN = 0.1307  # mean and standard deviation of the training pixels in [0, 1]
-MNIST_STD = 0.3081
 IMAGE_SIZE = 28
+# Both data sets come in the same four files, each in torchvision's layout
+# <root>/<folder>/raw/, where <folder> is the name of torchvision's class for it.
+DATASETS = {
+    "mnist": {"folder": "MNIST", "classes": [str(digit) for digit in range(10)]},
+    "fashion-mnist": {"folder": "FashionMNIST",
+                      "classes": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]},
+}
 NUM_CLASSES = 10
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -32,9 +38,9 @@ class DataError(Exception):
 # ----------------------------------------------------------------------------
 # Reading the files
 
-def raw_folder(root):
-    """torchvision's layout: <root>/MNIST/raw/<the four files>."""
-    return os.path.join(root, "MNIST", "raw")
+def raw_folder(root, dataset="mnist"):
+    """torchvision's layout: <root>/MNIST/raw/<the four files>, or FashionMNIST."""
+    return os.path.join(root, DATASETS[dataset]["folder"], "raw")
 
 
 def read_idx(path, ndim):
@@ -61,30 +67,33 @@ def read_idx(path, ndim):
     return torch.frombuffer(raw, dtype=torch.uint8, offset=header_size).view(shape)
 
 
-def download(root):
-    """Let torchvision fetch the four files into <root>/MNIST/raw."""
+def download(root, dataset):
+    """Let torchvision's own class for the data set (MNIST or FashionMNIST) fetch
+    the four files into <root>/<folder>/raw."""
     # Imported here, not at the top: importing torchvision takes about two seconds
     # and 175 MB, which every run would pay although the files are fetched once.
-    from torchvision.datasets import MNIST
+    import torchvision.datasets
 
+    folder = DATASETS[dataset]["folder"]
     try:
         for train in (True, False):
-            MNIST(root, train=train, download=True)
+            getattr(torchvision.datasets, folder)(root, train=train, download=True)
     except Exception as error:  # no network, a mirror down, a read-only folder, ...
         names = ", ".join(name for pair in FILES.values() for name in pair)
         reason = str(error).splitlines()[0].rstrip(":")
         raise DataError(
-            f"MNIST is not in {raw_folder(root)} and downloading it failed ({reason}). "
-            f"Put the four uncompressed files there by hand ({names}; gunzip the "
-            f".gz files from any MNIST mirror), or pass --data-dir to a folder that "
-            f"has MNIST/raw/ with them") from None
+            f"{folder} is not in {raw_folder(root, dataset)} and downloading it failed "
+            f"({reason}). Put the four uncompressed files there by hand ({names}; gunzip "
+            f"the .gz files from any {dataset} mirror), or pass --data-dir to a folder "
+            f"that has {folder}/raw/ with them") from None
 
 
-def load_split(root, split):
+def load_split(root, dataset, split):
     """The images (uint8, N x 28 x 28) and labels (uint8, N) of 'train' or 'test'."""
-    image_file, label_file = (os.path.join(raw_folder(root), name) for name in FILES[split])
+    image_file, label_file = (os.path.join(raw_folder(root, dataset), name)
+                              for name in FILES[split])
     if not (os.path.isfile(image_file) and os.path.isfile(label_file)):
-        download(root)
+        download(root, dataset)
     images = read_idx(image_file, ndim=3)
     labels = read_idx(label_file, ndim=1)
     if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
@@ -94,14 +103,22 @@ def load_split(root, split):
         raise DataError(f"{image_file} has {len(images)} images but {label_file} has "
                         f"{len(labels)} labels")
     if len(labels) and labels.max() >= NUM_CLASSES:
-        raise DataError(f"{label_file}: label {int(labels.max())} is not a digit 0-9")
+        raise DataError(f"{label_file}: label {int(labels.max())} is not a class 0-9")
     return images, labels
 
 
-def normalize(images, mean=MNIST_MEAN, std=MNIST_STD):
+def pixel_statistics(images):
+    """The mean and standard deviation of the pixels in [0, 1], as the checkpoint
+    stores them: {"mean": 0.13.., "std": 0.30..} for MNIST's training images."""
+    pixels = images.double().div(255)  # double: a sum of 40 million floats
+    return {"mean": pixels.mean().item(), "std": pixels.std().item()}
+
+
+def normalize(images, normalization):
     """uint8 pixels (N x 28 x 28) -> float32 (N x 1 x 28 x 28) with zero mean and
     unit variance over the training set, which keeps the first layer's inputs well
     scaled for the optimizer."""
+    mean, std = normalization["mean"], normalization["std"]
     return images.unsqueeze(1).float().div_(255).sub_(mean).div_(std)
 
 
@@ -114,13 +131,15 @@ class RandomDistortion:
     elastic distortion (Simard et al., 2003). The whole batch is warped at once,
     on its own device, by one grid_sample: no per-image Python work.
 
+    background: the value of a black pixel after normalization, -mean / std;
     rotation: degrees, up to +-; scale: fraction, up to +-; shift: pixels, up to
     +-; elastic_alpha: pixels of displacement for the smoothed random field;
     elastic_sigma: pixels, how smooth that field is."""
 
-    def __init__(self, generator, rotation=10.0, scale=0.1, shift=2.0,
+    def __init__(self, generator, background, rotation=10.0, scale=0.1, shift=2.0,
                  elastic_alpha=0.0, elastic_sigma=4.0):
         self.generator = generator  # on the images' device, seeded: reproducible
+        self.background = background
         self.rotation, self.scale, self.shift = rotation, scale, shift
         self.elastic_alpha = elastic_alpha
         device = generator.device
@@ -157,7 +176,7 @@ class RandomDistortion:
             grid = grid + self.elastic_field(batch)
         # Pixels pulled in from outside the image are background (black), which is
         # not 0 after normalization: shift so that it is, warp, shift back.
-        black = -MNIST_MEAN / MNIST_STD
+        black = self.background
         # grid_sample wants [B, 28, 28, (x, y)] and reads the permuted view as it
         # is: copying it into a contiguous tensor first made the augmentation
         # cost a third more time in training on this project's CPU.
@@ -228,25 +247,28 @@ def make_loader(dataset, batch_size, generator=None):
     return DataLoader(dataset, sampler=sampler, batch_size=None)  # the sampler batches
 
 
-def as_tensors(images, labels, device, mean=MNIST_MEAN, std=MNIST_STD):
-    """uint8 images and labels -> normalized float32 images and int64 labels on
-    `device` (cross-entropy wants int64 class indices)."""
-    return normalize(images.to(device), mean, std), labels.to(device).long()
-
-
-def train_val_sets(root, val_size, seed, device, transform=None):
-    """The 60,000 training images split by `seed` into a training set (with the
-    optional transform) and a validation set of `val_size` images."""
-    images, labels = load_split(root, "train")
+def train_val_sets(root, dataset, val_size, seed, device):
+    """The 60,000 training images split by `seed` into a training set and a
+    validation set of `val_size` images, both normalized by the mean and standard
+    deviation of the training set's pixels. Returns the two sets and that
+    normalization, {"mean": .., "std": ..}, which test images must get too."""
+    images, labels = load_split(root, dataset, "train")
     if val_size >= len(labels):
         raise DataError(f"--val-size {val_size} leaves no training images: the "
-                        f"training set in {root} has {len(labels)}")
+                        f"training set in {raw_folder(root, dataset)} has {len(labels)}")
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     val, train = order[:val_size], order[val_size:]
-    return (MNISTTensors(*as_tensors(images[train], labels[train], device), transform),
-            MNISTTensors(*as_tensors(images[val], labels[val], device)))
+    normalization = pixel_statistics(images[train])
+    return (as_dataset(images[train], labels[train], device, normalization),
+            as_dataset(images[val], labels[val], device, normalization), normalization)
 
 
-def test_set(root, device, mean=MNIST_MEAN, std=MNIST_STD):
+def test_set(root, dataset, device, normalization):
     """The 10,000 test images, normalized as the model's training images were."""
-    return MNISTTensors(*as_tensors(*load_split(root, "test"), device, mean, std))
+    return as_dataset(*load_split(root, dataset, "test"), device, normalization)
+
+
+def as_dataset(images, labels, device, normalization):
+    """uint8 images and labels -> an MNISTTensors of normalized float32 images and
+    int64 labels on `device` (cross-entropy wants int64 class indices)."""
+    return MNISTTensors(normalize(images.to(device), normalization), labels.to(device).long())

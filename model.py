@@ -8,7 +8,14 @@ import warnings
 import torch
 from torch import nn
 
-CHECKPOINT_FORMAT = "mnist-mlp-checkpoint/1"
+CHECKPOINT_FORMAT = "mnist-mlp-checkpoint/2"
+# What a checkpoint holds besides "format", and of what type: the model's
+# constructor arguments and weights, the input normalization ({"mean", "std"}),
+# the data set and its class names, train.py's flags, its per-epoch metrics,
+# and, until the run is finished, what --resume needs to continue it.
+CHECKPOINT_FIELDS = {"config": dict, "state_dict": dict, "normalization": dict,
+                     "dataset": str, "classes": list, "train_args": dict, "metrics": list,
+                     "epochs_completed": int, "training_state": (dict, type(None))}
 
 
 class MLP(nn.Module):
@@ -80,7 +87,7 @@ def replacing(path):
 def save_checkpoint(path, config, state_dict, normalization, **details):
     """Write a self-describing checkpoint: the model's constructor arguments, its
     weights, the input normalization it was trained with ({"mean": .., "std": ..})
-    and any `details` (training arguments, metrics)."""
+    and the `details` that CHECKPOINT_FIELDS lists (data set, flags, metrics, ...)."""
     checkpoint = {"format": CHECKPOINT_FORMAT, "config": config,
                   "state_dict": {name: tensor.cpu() for name, tensor in state_dict.items()},
                   "normalization": normalization, **details}
@@ -108,8 +115,18 @@ def load_checkpoint(path, device="cpu"):
                                   f"plain data") from None
         raise CheckpointError(f"{path}: not a readable checkpoint (empty, truncated, "
                               f"corrupt or not a torch file)") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(checkpoint, dict) or not str(checkpoint.get("format")).startswith(
+            "mnist-mlp-checkpoint/"):
         raise CheckpointError(f"{path}: a torch file, but not a checkpoint saved by train.py")
+    if checkpoint["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: saved by another version of train.py (format "
+                              f"{checkpoint['format']}, this one reads {CHECKPOINT_FORMAT}); "
+                              f"train the model again")
+    invalid = [name for name, kind in CHECKPOINT_FIELDS.items()
+               if not isinstance(checkpoint.get(name), kind)]
+    if invalid:
+        raise CheckpointError(f"{path}: a train.py checkpoint, but its {', '.join(invalid)} "
+                              f"{'is' if len(invalid) == 1 else 'are'} missing or invalid")
     normalization = checkpoint.get("normalization")
     if not (isinstance(normalization, dict)
             and all(isinstance(normalization.get(key), float) for key in ("mean", "std"))

@@ -17,12 +17,14 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import benchmark
 import data
 import evaluate
+import pictures
 import train
-from model import MLP, load_checkpoint, predict, save_checkpoint
+from model import CHECKPOINT_FIELDS, MLP, load_checkpoint, predict, save_checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -61,6 +63,21 @@ def make_mnist(root, train_count=600, test_count=200):
 @pytest.fixture(scope="session")
 def mnist(tmp_path_factory):
     return make_mnist(tmp_path_factory.mktemp("mnist"))
+
+
+CPU = torch.device("cpu")
+
+
+def split(root, val_size, seed=0):
+    """The training and validation sets, as train.py makes them."""
+    train_set, val_set, _ = data.train_val_sets(root, "mnist", val_size, seed, CPU)
+    return train_set, val_set
+
+
+def mnist_test_set(root):
+    """The test set, normalized as train.py's training set (all 600 images) is."""
+    _, _, normalization = data.train_val_sets(root, "mnist", 0, 0, CPU)
+    return data.test_set(root, "mnist", CPU, normalization)
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +136,7 @@ def test_the_lecture_mlp_is_relu_of_w1_x_plus_b1_then_w2_h_plus_b2():
 
 
 def test_batches_are_float_images_and_int64_labels_on_the_device(mnist):
-    train_set, val_set = data.train_val_sets(mnist, 100, seed=0, device=torch.device("cpu"))
+    train_set, val_set = split(mnist, 100)
     assert (len(train_set), len(val_set)) == (500, 100)
     batches = list(data.make_loader(train_set, 64, torch.Generator().manual_seed(0)))
     assert [len(labels) for _, labels in batches] == [64] * 7 + [52]
@@ -134,7 +151,7 @@ def test_batches_are_float_images_and_int64_labels_on_the_device(mnist):
 
 
 def test_shuffling_changes_each_epoch_and_evaluation_is_in_order(mnist):
-    train_set, _ = data.train_val_sets(mnist, 0, seed=0, device=torch.device("cpu"))
+    train_set, _ = split(mnist, 0)
     shuffled = data.make_loader(train_set, 600, torch.Generator().manual_seed(0))
     first, second = (next(iter(shuffled))[1] for _ in range(2))
     assert not torch.equal(first, second)
@@ -143,18 +160,28 @@ def test_shuffling_changes_each_epoch_and_evaluation_is_in_order(mnist):
     assert torch.equal(next(iter(in_order))[1], train_set.labels)
 
 
-def test_images_are_normalized_with_the_mnist_constants():
-    pixels = torch.zeros(1, 28, 28, dtype=torch.uint8)
-    pixels[0, :, 14:] = 255
-    images = data.normalize(pixels)
-    assert images.shape == (1, 1, 28, 28)
-    assert images.min().item() == pytest.approx(-data.MNIST_MEAN / data.MNIST_STD)
-    assert images.max().item() == pytest.approx((1 - data.MNIST_MEAN) / data.MNIST_STD)
+def test_images_are_normalized_by_the_training_pixels_statistics(mnist):
+    pixels = torch.zeros(2, 28, 28, dtype=torch.uint8)
+    pixels[0, :, 7:] = 255  # three quarters white, a quarter black, over both images
+    pixels[1] = 255
+    statistics = data.pixel_statistics(pixels)
+    assert statistics["mean"] == pytest.approx(0.875)
+    assert statistics["std"] == pytest.approx(torch.tensor([0.0] * 196 + [1.0] * 1372).std(),
+                                              rel=1e-6)
+    images = data.normalize(pixels, statistics)
+    assert images.shape == (2, 1, 28, 28)
+    assert images.mean().item() == pytest.approx(0, abs=1e-6)
+    assert images.std().item() == pytest.approx(1, rel=1e-5)
+    # train.py: the statistics of the training images only, not the validation ones.
+    images, _ = data.load_split(mnist, "mnist", "train")
+    train_set, val_set, normalization = data.train_val_sets(mnist, "mnist", 100, 0, CPU)
+    assert train_set.images.mean().item() == pytest.approx(0, abs=1e-5)
+    assert normalization != data.pixel_statistics(images)
 
 
 def test_validation_split_is_chosen_by_the_seed_and_disjoint(mnist):
     def labels_and_images(seed):
-        train_set, val_set = data.train_val_sets(mnist, 100, seed, torch.device("cpu"))
+        train_set, val_set = split(mnist, 100, seed)
         return train_set.images, val_set.images
 
     train_a, val_a = labels_and_images(0)
@@ -192,9 +219,9 @@ def test_wrong_label_dtypes_fail_or_change_meaning():
 
 
 def test_labels_stored_as_uint8_arrive_as_int64(mnist):
-    _, labels = data.load_split(mnist, "test")
+    _, labels = data.load_split(mnist, "mnist", "test")
     assert labels.dtype == torch.uint8
-    test_set = data.test_set(mnist, torch.device("cpu"))
+    test_set = mnist_test_set(mnist)
     assert test_set.labels.dtype == torch.int64
     assert torch.equal(test_set.labels, labels.long())
 
@@ -204,10 +231,10 @@ def test_labels_stored_as_uint8_arrive_as_int64(mnist):
 
 def test_a_short_seeded_run_reduces_the_loss(mnist):
     torch.manual_seed(0)
-    train_set, _ = data.train_val_sets(mnist, 0, seed=0, device=torch.device("cpu"))
+    train_set, _ = split(mnist, 0)
     loader = data.make_loader(train_set, 50, torch.Generator().manual_seed(0))
     model = MLP([64])
-    args = train.parse_args(["--lr", "1e-3"])
+    args = train.make_parser().parse_args(["--lr", "1e-3"])
     optimizer = train.make_optimizer(model, args)
     loss_fn = torch.nn.CrossEntropyLoss()
 
@@ -236,7 +263,7 @@ def test_train_prints_one_line_per_epoch_and_saves(capsys, mnist, tmp_path):
                                       "val_accuracy"]
     assert len(rows) == 4
     checkpoint = torch.load(out, weights_only=True)
-    assert checkpoint["epochs_completed"] == 3 and checkpoint["interrupted"] is False
+    assert checkpoint["epochs_completed"] == 3 and checkpoint["training_state"] is None
     assert len(checkpoint["metrics"]) == 3
     assert checkpoint["train_args"]["hidden"] == [32]
 
@@ -263,7 +290,7 @@ def test_validation_loss_is_plain_cross_entropy_whatever_the_smoothing(capsys, m
                      "--label-smoothing", 0.5, "--device", "cpu", "--out", out)
     assert code == 0
     model, checkpoint = load_checkpoint(out)
-    _, val_set = data.train_val_sets(mnist, 100, 0, torch.device("cpu"))
+    _, val_set = split(mnist, 100, 0)
     logits, labels = predict(model, data.make_loader(val_set, 1000))
     plain = F.cross_entropy(logits, labels).item()
     assert checkpoint["metrics"][0]["val_loss"] == pytest.approx(plain)
@@ -275,7 +302,7 @@ def test_val_size_zero_trains_on_everything(capsys, mnist, tmp_path):
     code, stdout, _ = run(capsys, train, "--data-dir", mnist, "--epochs", 1, "--val-size", 0,
                           "--device", "cpu", "--out", tmp_path / "m.pt")
     assert code == 0
-    assert "on 600 images" in stdout
+    assert "on 600 mnist images" in stdout
     assert torch.load(tmp_path / "m.pt", weights_only=True)["metrics"][0]["val_accuracy"] is None
 
 
@@ -300,13 +327,13 @@ def test_the_same_seed_gives_identical_metrics_and_weights(capsys, mnist, tmp_pa
 # ----------------------------------------------------------------------------
 # Data augmentation
 
-def distortion(seed=0, **strengths):
-    return data.RandomDistortion(torch.Generator().manual_seed(seed), **strengths)
+def distortion(seed=0, background=0.0, **strengths):
+    return data.RandomDistortion(torch.Generator().manual_seed(seed), background, **strengths)
 
 
 def test_augmentation_keeps_shape_and_dtype_and_changes_the_images(mnist):
-    images = data.test_set(mnist, torch.device("cpu")).images[:32]
-    augmented = distortion(elastic_alpha=8.0)(images)
+    images = mnist_test_set(mnist).images[:32]
+    augmented = distortion(background=images.min().item(), elastic_alpha=8.0)(images)
     assert augmented.shape == images.shape and augmented.dtype == torch.float32
     assert not torch.allclose(augmented, images, atol=1e-3)
     # Background stays background: nothing darker than black appears.
@@ -342,10 +369,8 @@ def test_evaluation_and_validation_are_never_augmented(mnist, monkeypatch, tmp_p
     train.main(["--data-dir", mnist, "--epochs", "1", "--val-size", "100", "--augment",
                 "--batch-size", "100", "--device", "cpu", "--out", str(tmp_path / "m.pt")])
     assert calls == [100] * 5  # the five training batches, and nothing else
-    train_set, val_set = data.train_val_sets(mnist, 100, 0, torch.device("cpu"),
-                                             transform=distortion())
-    assert val_set.transform is None
-    assert data.test_set(mnist, torch.device("cpu")).transform is None
+    assert split(mnist, 100)[1].transform is None
+    assert mnist_test_set(mnist).transform is None
 
 
 # ----------------------------------------------------------------------------
@@ -355,7 +380,7 @@ def test_checkpoint_round_trip_keeps_predictions_identical(checkpoint, mnist):
     original = torch.load(checkpoint, weights_only=True)
     model, loaded = load_checkpoint(checkpoint)
     assert loaded["config"]["hidden"] == [64]
-    test_loader = data.make_loader(data.test_set(mnist, torch.device("cpu")), 1000)
+    test_loader = data.make_loader(mnist_test_set(mnist), 1000)
     rebuilt = MLP(**original["config"])
     rebuilt.load_state_dict(original["state_dict"])
     logits, _ = predict(model, test_loader)
@@ -365,8 +390,10 @@ def test_checkpoint_round_trip_keeps_predictions_identical(checkpoint, mnist):
 
 def test_evaluate_reports_accuracy_per_class_and_confusion(capsys, checkpoint, mnist, tmp_path):
     metrics_file, errors_file = tmp_path / "metrics.json", tmp_path / "errors.png"
+    confusion_file = tmp_path / "confusion.png"
     code, stdout, _ = run(capsys, evaluate, checkpoint, "--data-dir", mnist, "--device", "cpu",
-                          "--json", metrics_file, "--errors", errors_file)
+                          "--json", metrics_file, "--errors", errors_file,
+                          "--confusion", confusion_file)
     assert code == 0
     metrics = json.loads(metrics_file.read_text())
     assert f"test accuracy  {100 * metrics['test_accuracy']:.2f}%" in stdout
@@ -377,7 +404,9 @@ def test_evaluate_reports_accuracy_per_class_and_confusion(capsys, checkpoint, m
     assert metrics["test_accuracy"] == pytest.approx(metrics["correct"] / 200)
     assert metrics["per_class_accuracy"][3] == pytest.approx(matrix[3, 3] / matrix[3].sum())
     assert "confusion matrix" in stdout
-    assert errors_file.read_bytes().startswith(b"\x89PNG")
+    assert "the model after epoch 2 of 2" in stdout
+    for picture in (errors_file, confusion_file):
+        assert Image.open(picture).format == "PNG"
 
 
 def test_confusion_matrix_counts_true_rows_and_predicted_columns():
@@ -387,36 +416,30 @@ def test_confusion_matrix_counts_true_rows_and_predicted_columns():
     assert matrix.tolist() == [[1, 1, 0], [0, 1, 0], [0, 1, 0]]
 
 
-def test_error_grid_shows_the_misclassified_digits(tmp_path):
-    from PIL import Image
-
-    images = torch.zeros(3, 28, 28, dtype=torch.uint8)
-    images[:, 5:20, 10:14] = 255
-    path = tmp_path / "errors.png"
-    evaluate.save_error_grid(path, images, [7, 1, 4], [1, 7, 9])
-    grid = Image.open(path)
-    assert grid.size == (10 * 56, 56 + 14)
-    assert grid.getpixel((12 * 2, 10 * 2)) == 255  # a digit's stroke, scaled up twice
-
-
-def test_error_grid_draws_the_test_images_as_stored(capsys, checkpoint, mnist, tmp_path,
-                                                   monkeypatch):
+def test_error_grid_draws_the_test_images_as_stored_with_probabilities(
+        capsys, checkpoint, mnist, tmp_path, monkeypatch):
     real_predict = evaluate.predict
 
-    def always_wrong(model, loader):  # every prediction one class off
+    def always_wrong(model, loader):  # every prediction one class off, 70 % sure
         _, labels = real_predict(model, loader)
-        return F.one_hot((labels + 1) % 10, 10).float(), labels
+        logits = torch.zeros(len(labels), 10)
+        logits[torch.arange(len(labels)), (labels + 1) % 10] = torch.tensor(0.7 * 9 / 0.3).log()
+        return logits, labels
 
     drawn = {}
+    real_grid = pictures.captioned_digits
     monkeypatch.setattr(evaluate, "predict", always_wrong)
-    monkeypatch.setattr(evaluate, "save_error_grid",
-                        lambda path, images, labels, predictions: drawn.update(images=images))
+    monkeypatch.setattr(pictures, "captioned_digits", lambda images, captions: drawn.update(
+        images=images, captions=captions) or real_grid(images, captions))
     code, _, _ = run(capsys, evaluate, checkpoint, "--data-dir", mnist, "--errors",
                      tmp_path / "errors.png")
     assert code == 0
-    stored, _ = data.load_split(mnist, "test")
+    stored, labels = data.load_split(mnist, "mnist", "test")
     assert drawn["images"].dtype == torch.uint8
     assert torch.equal(drawn["images"], stored[:100])  # the first 100 errors, pixel for pixel
+    first_true, first_guess = labels[0].item(), (labels[0].item() + 1) % 10
+    assert drawn["captions"][0] == f"{first_true} 3%\nas {first_guess} 70%"
+    assert Image.open(tmp_path / "errors.png").format == "PNG"
 
 
 def test_command_line_train_then_evaluate(mnist, tmp_path):
@@ -500,15 +523,19 @@ def test_validation_split_as_large_as_the_data(capsys, mnist, tmp_path):
     assert not os.path.exists(tmp_path / "m.pt")
 
 
-def test_missing_data_and_no_download(capsys, tmp_path, monkeypatch):
+@pytest.mark.parametrize("dataset, folder", [("mnist", "MNIST"),
+                                             ("fashion-mnist", "FashionMNIST")])
+def test_missing_data_and_no_download(capsys, tmp_path, monkeypatch, dataset, folder):
     # Any download goes through a proxy that refuses connections: offline, fast.
     for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
         monkeypatch.setenv(name, "http://127.0.0.1:9")
     monkeypatch.delenv("no_proxy", raising=False)
     monkeypatch.delenv("NO_PROXY", raising=False)
     empty = tmp_path / "empty"
-    code, _, err = run(capsys, train, "--data-dir", empty, "--out", tmp_path / "m.pt")
-    assert_one_line_error(code, err, "MNIST is not in", data.raw_folder(str(empty)),
+    code, _, err = run(capsys, train, "--data-dir", empty, "--out", tmp_path / "m.pt",
+                       "--dataset", dataset)
+    assert_one_line_error(code, err, f"{folder} is not in",
+                          os.path.join(str(empty), folder, "raw"),
                           "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "--data-dir")
     assert not os.path.exists(tmp_path / "m.pt")
 
@@ -531,7 +558,7 @@ def corrupt_copy(mnist, tmp_path, name, edit):
     ("train-images-idx3-ubyte",  # 600 images of 28x28 declared as 2400 of 14x14
      lambda b: b[:4] + (2400).to_bytes(4, "big") + (14).to_bytes(4, "big") * 2 + b[16:],
      "expected 28x28"),
-    ("train-labels-idx1-ubyte", lambda b: b[:8] + b"\x0c" + b[9:], "not a digit"),
+    ("train-labels-idx1-ubyte", lambda b: b[:8] + b"\x0c" + b[9:], "not a class 0-9"),
     ("train-labels-idx1-ubyte", lambda b: b[:4] + (599).to_bytes(4, "big") + b[8:-1],
      "600 images but"),
 ])
@@ -682,7 +709,7 @@ def test_ctrl_c_saves_the_last_completed_epoch(mnist, tmp_path):
     _, err = process.communicate(timeout=60)
     assert_one_line_error(process.returncode, err, "interrupted", str(out))
     checkpoint = torch.load(out, weights_only=True)
-    assert checkpoint["interrupted"] is True
+    assert checkpoint["training_state"] is not None  # not finished: it can be resumed
     assert checkpoint["epochs_completed"] >= 2
     assert len(checkpoint["metrics"]) == checkpoint["epochs_completed"]
     assert f"after epoch {checkpoint['epochs_completed']}" in err
@@ -707,7 +734,7 @@ def test_ctrl_c_saves_the_weights_of_the_completed_epoch_not_the_partial_one(
                        "--device", "cpu", "--out", tmp_path / "m.pt")
     assert_one_line_error(code, err, "interrupted", "after epoch 2 of 5")
     saved = torch.load(tmp_path / "m.pt", weights_only=True)
-    assert saved["epochs_completed"] == 2 and saved["interrupted"] is True
+    assert saved["epochs_completed"] == 2 and saved["training_state"] is not None
     assert torch.equal(saved["state_dict"]["output_layer.weight"], weights_after[1])
 
 
@@ -761,6 +788,8 @@ def test_saving_is_atomic(checkpoint, tmp_path, monkeypatch):
     out = tmp_path / "m.pt"
     out.write_bytes(previous := open(checkpoint, "rb").read())
     model, saved = load_checkpoint(checkpoint)
+    details = {name: saved[name] for name in CHECKPOINT_FIELDS
+               if name not in ("config", "state_dict", "normalization")}
     real_save = torch.save
 
     def crash_half_way(obj, f):
@@ -770,11 +799,11 @@ def test_saving_is_atomic(checkpoint, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crash_half_way)
     with pytest.raises(OSError):
-        save_checkpoint(out, model.config, model.state_dict(), saved["normalization"])
+        save_checkpoint(out, model.config, model.state_dict(), saved["normalization"], **details)
     assert out.read_bytes() == previous
     assert os.listdir(tmp_path) == ["m.pt"]
     monkeypatch.setattr(torch, "save", real_save)
-    save_checkpoint(out, model.config, model.state_dict(), saved["normalization"])
+    save_checkpoint(out, model.config, model.state_dict(), saved["normalization"], **details)
     assert load_checkpoint(out)[0].config == model.config
 
 
@@ -799,6 +828,6 @@ def test_benchmark_random_data_is_valid_mnist(tmp_path):
     assert not benchmark.has_mnist(tmp_path)
     benchmark.write_random_mnist(str(tmp_path), train_images=100, test_images=20)
     assert benchmark.has_mnist(tmp_path)
-    images, labels = data.load_split(str(tmp_path), "train")
+    images, labels = data.load_split(str(tmp_path), "mnist", "train")
     assert images.shape == (100, 28, 28) and labels.shape == (100,)
-    assert len(data.load_split(str(tmp_path), "test")[1]) == 20
+    assert len(data.load_split(str(tmp_path), "mnist", "test")[1]) == 20

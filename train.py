@@ -8,6 +8,7 @@ evaluate.py reads back. `python train.py --help` lists every hyperparameter.
 
 import argparse
 import csv
+import signal
 import sys
 import time
 
@@ -17,14 +18,14 @@ from torch import nn
 
 import cli
 import data
-from model import MLP, predict, save_checkpoint
+from model import MLP, CheckpointError, load_checkpoint, predict, save_checkpoint
 
 # ----------------------------------------------------------------------------
 # Hyperparameters
 
-def parse_args(argv=None):
-    parser = cli.ArgumentParser(description="Train an MLP on MNIST.",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def make_parser():
+    parser = cli.ArgumentParser(description="Train an MLP on MNIST or Fashion-MNIST.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     model = parser.add_argument_group("model")
     model.add_argument("--hidden", type=cli.positive_int, nargs="+", default=[384, 256],
                        help="width of each hidden layer, e.g. --hidden 1024 1024")
@@ -61,7 +62,12 @@ def parse_args(argv=None):
                          help="elastic distortion strength in pixels (0: none)")
     augment.add_argument("--elastic-sigma", type=cli.positive_float, default=4.0,
                          help="smoothness of the elastic distortion in pixels")
+    augment.add_argument("--show-augmentation", type=cli.png_file, metavar="PNG",
+                         help="draw a training image of each class beside random "
+                              "distortions of it by these flags, then stop: no training")
     other = parser.add_argument_group("data and output")
+    other.add_argument("--dataset", choices=list(data.DATASETS), default="mnist",
+                       help="handwritten digits, or Fashion-MNIST's pictures of clothes")
     other.add_argument("--val-size", type=cli.nonnegative_int, default=5000,
                        help="training images held out for validation (0: train on all)")
     other.add_argument("--seed", type=cli.seed, default=0,
@@ -71,17 +77,58 @@ def parse_args(argv=None):
                        help="where to save the trained model")
     other.add_argument("--log", type=cli.output_file,
                        help="also write the per-epoch metrics to this CSV file")
-    return parser.parse_args(argv)
+    other.add_argument("--resume", metavar="CHECKPOINT",
+                       help="continue the interrupted run saved in this file, with its flags")
+    return parser
 
 
-def make_augmentation(args):
+# What a resumed run may change: where the data is read from, where the run goes
+# and what it runs on. Every other flag is the run's own, stored in the checkpoint.
+MAY_CHANGE_ON_RESUME = ("data_dir", "device", "out", "log", "resume")
+
+
+def parse_args(argv=None):
+    """The flags, and None; with --resume, the flags stored in the checkpoint (and
+    those of MAY_CHANGE_ON_RESUME that the command line gives), and the checkpoint."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.show_augmentation and not args.augment:
+        parser.error("argument --show-augmentation: there is nothing to show with --no-augment")
+    if args.resume is None:
+        return args, None
+    try:
+        _, checkpoint = load_checkpoint(args.resume)
+    except CheckpointError as error:
+        sys.exit(f"error: {error}")
+    stored = checkpoint["train_args"]
+    if set(vars(args)) - set(stored):
+        sys.exit(f"error: {args.resume}: its stored flags are not those of this train.py")
+    if checkpoint["training_state"] is None:
+        print(f"{args.resume} is a finished run ({checkpoint['epochs_completed']} of "
+              f"{stored['epochs']} epochs): nothing to resume")
+        sys.exit(0)
+    # Which flags did the command line give? Parse it again without defaults.
+    parser.set_defaults(**dict.fromkeys(vars(args), argparse.SUPPRESS))
+    given = vars(parser.parse_args(argv))
+    for name, value in given.items():
+        if name not in MAY_CHANGE_ON_RESUME and value != stored[name]:
+            flag = "--" + name.replace("_", "-")
+            parser.error(f"argument {flag}: the run in {args.resume} has {stored[name]}, "
+                         f"and --resume continues that run unchanged; leave {flag} out")
+    args = argparse.Namespace(**{**stored, "device": args.device, "out": args.resume,
+                                 "resume": args.resume, **given})
+    return args, checkpoint
+
+
+def make_augmentation(args, normalization):
     """The random distortion of training batches that the flags ask for, or None."""
     if not args.augment:
         return None
     # Its own generator, on the data's device: the same seed, the same distortions.
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
-    return data.RandomDistortion(generator, args.rotation, args.scale, args.shift,
-                                 args.elastic_alpha, args.elastic_sigma)
+    background = -normalization["mean"] / normalization["std"]  # a black pixel
+    return data.RandomDistortion(generator, background, args.rotation, args.scale,
+                                 args.shift, args.elastic_alpha, args.elastic_sigma)
 
 
 def make_optimizer(model, args):
@@ -106,6 +153,21 @@ def make_scheduler(optimizer, args, steps_per_epoch):
     if args.scheduler == "onecycle":
         return schedulers.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total_steps)
     return None
+
+
+def show_augmentation(train_set, normalization, path, distortions=7):
+    """Draw the first training image of each class, then `distortions` random
+    distortions of it, as train_set.transform makes them."""
+    import pictures  # only here: importing matplotlib takes a second or two
+
+    first_of_each_class = [(train_set.labels == label).nonzero()[0, 0]
+                           for label in train_set.labels.unique()]
+    originals = train_set.images[torch.stack(first_of_each_class)]
+    distorted = torch.stack([train_set.transform(originals) for _ in range(distortions)], 1)
+    pictures.save(pictures.augmentation_grid(pictures.to_pixels(originals[:, 0], normalization),
+                                             pictures.to_pixels(distorted[:, :, 0], normalization)),
+                  path)
+    print(f"wrote {path}")
 
 
 # ----------------------------------------------------------------------------
@@ -178,45 +240,101 @@ def print_epoch(metrics):
           f"{metrics['images_per_second']:9,.0f}", flush=True)
 
 
-def save(args, model, state, **details):
-    """save_checkpoint, ending in one line on stderr if the disk refuses."""
+# ----------------------------------------------------------------------------
+# Checkpoints that a run can continue from
+
+def training_state(optimizer, scheduler, generators):
+    """Everything besides the weights that the next epoch depends on: the
+    optimizer's moment estimates, the scheduler's step count and the state of
+    every random generator. Tensors and plain data, as a checkpoint must be."""
+    random_states = {name: generator.get_state() for name, generator in generators.items()}
+    random_states["torch"] = torch.get_rng_state()  # dropout draws from the global generator
+    if torch.cuda.is_available():
+        random_states["cuda"] = torch.cuda.get_rng_state_all()
+    return {"optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler else None,
+            "random": random_states}
+
+
+def restore_training_state(state, optimizer, scheduler, generators):
+    """Undo training_state: the next epoch then draws the same shuffling,
+    distortions and dropout as it would have in the run never interrupted."""
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler:
+        scheduler.load_state_dict(state["scheduler"])
+    random_states = state["random"]
+    for name, generator in generators.items():
+        generator.set_state(random_states[name])
+    torch.set_rng_state(random_states["torch"])
+    if torch.cuda.is_available() and "cuda" in random_states:
+        torch.cuda.set_rng_state_all(random_states["cuda"])
+
+
+def save(args, model, normalization, history, state):
+    """Save the model after the last epoch of `history`; `state` is the training
+    state for --resume, or None once the run is finished. One line on stderr, and
+    the earlier file kept, if the disk refuses."""
     try:
-        save_checkpoint(args.out, model.config, state,
-                        normalization={"mean": data.MNIST_MEAN, "std": data.MNIST_STD},
-                        train_args={**vars(args), "device": str(args.device)}, **details)
+        save_checkpoint(args.out, model.config, model.state_dict(), normalization,
+                        dataset=args.dataset, classes=data.DATASETS[args.dataset]["classes"],
+                        train_args={**vars(args), "device": str(args.device)},
+                        metrics=history, epochs_completed=len(history), training_state=state)
     except OSError as error:
         sys.exit(f"error: cannot save {args.out}: {error.strerror}; "
                  f"any earlier file there is unchanged")
 
 
+# ----------------------------------------------------------------------------
+
 def main(argv=None):
-    args = parse_args(argv)
+    args, checkpoint = parse_args(argv)
+    # A cluster's time limit or `kill` sends SIGTERM: end the run as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     torch.manual_seed(args.seed)  # the initial weights and dropout
     try:
-        train_set, val_set = data.train_val_sets(args.data_dir, args.val_size, args.seed,
-                                                 args.device, make_augmentation(args))
+        train_set, val_set, normalization = data.train_val_sets(
+            args.data_dir, args.dataset, args.val_size, args.seed, args.device)
     except data.DataError as error:
         sys.exit(f"error: {error}")
-    train_loader = data.make_loader(train_set, args.batch_size,
-                                    generator=torch.Generator().manual_seed(args.seed))
+    # The distortion has to know which value is black after normalization.
+    train_set.transform = make_augmentation(args, normalization)
+    if args.show_augmentation:
+        show_augmentation(train_set, normalization, args.show_augmentation)
+        return
+    shuffling = torch.Generator().manual_seed(args.seed)
+    train_loader = data.make_loader(train_set, args.batch_size, generator=shuffling)
     val_loader = data.make_loader(val_set, batch_size=1000)
 
     model = MLP(args.hidden, args.dropout).to(args.device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     optimizer = make_optimizer(model, args)
     scheduler = make_scheduler(optimizer, args, len(train_loader))
+    generators = {"shuffling": shuffling}
+    if train_set.transform:
+        generators["augmentation"] = train_set.transform.generator
 
+    history = []  # one dict of metrics per epoch
+    if checkpoint:
+        try:
+            model.load_state_dict(checkpoint["state_dict"])
+            restore_training_state(checkpoint["training_state"], optimizer, scheduler,
+                                   generators)
+        except (KeyError, TypeError, ValueError, RuntimeError):
+            sys.exit(f"error: {args.resume}: its training state does not fit the run its "
+                     f"flags describe; nothing was trained")
+        history = checkpoint["metrics"]
     log_file = open(args.log, "w", newline="") if args.log else None
     log = csv.DictWriter(log_file, fieldnames=METRICS) if log_file else None
     if log:
         log.writeheader()
-    history = []  # one dict of metrics per epoch
-    finished = (0, None)  # (epoch, the weights at its end) of the last completed epoch
-    print(f"training a {[28 * 28, *args.hidden, 10]} MLP on {len(train_set):,} images "
-          f"({len(val_set):,} held out for validation) on {args.device}")
+        log.writerows(history)
+    saved_epoch = len(history)  # the epoch whose model is in args.out
+    print(f"training a {[28 * 28, *args.hidden, 10]} MLP on {len(train_set):,} {args.dataset} "
+          f"images ({len(val_set):,} held out for validation) on {args.device}"
+          + (f", resuming after epoch {saved_epoch} of {args.epochs}" if checkpoint else ""))
     print("epoch  train loss  train acc  val loss   val acc     time   images/s")
     try:
-        for epoch in range(1, args.epochs + 1):
+        for epoch in range(saved_epoch + 1, args.epochs + 1):
             start = time.perf_counter()
             train_loss, train_accuracy = train_one_epoch(model, train_loader, loss_fn,
                                                          optimizer, scheduler)
@@ -225,30 +343,30 @@ def main(argv=None):
             history.append(dict(zip(METRICS, (
                 epoch, train_loss, train_accuracy, val_loss, val_accuracy,
                 time.perf_counter() - start, len(train_set) / train_seconds))))
-            # One assignment, so that Ctrl-C never sees the weights of one epoch
-            # paired with another.
-            finished = (epoch, {name: t.detach().clone() for name, t in model.state_dict().items()})
+            # Saved every epoch, so that a kill or a power cut loses one epoch at
+            # most; the training state is left out of the finished model.
+            finished = epoch == args.epochs
+            save(args, model, normalization, history,
+                 None if finished else training_state(optimizer, scheduler, generators))
+            saved_epoch = epoch
             print_epoch(history[-1])
             if log:
                 log.writerow(history[-1])
                 log_file.flush()
     except KeyboardInterrupt:
-        epochs_done, state = finished
-        if state is None:
+        if saved_epoch == 0:
             sys.exit("interrupted before the first epoch finished: nothing saved")
-        save(args, model, state, metrics=history[:epochs_done],
-             epochs_completed=epochs_done, interrupted=True)
-        sys.exit(f"interrupted: saved the model after epoch {epochs_done} of {args.epochs} "
-                 f"to {args.out}, marked as interrupted")
+        sys.exit(f"interrupted: {args.out} holds the model after epoch {saved_epoch} of "
+                 f"{args.epochs}; continue with: python train.py --resume {args.out}")
     except Diverged as where:
+        kept = (f"{args.out} holds the model after epoch {saved_epoch}" if saved_epoch
+                else "Nothing was saved")
         sys.exit(f"error: training diverged in epoch {epoch}: {where}. The learning rate "
-                 f"{args.lr:g} is probably too large: try a smaller --lr. Nothing was saved.")
+                 f"{args.lr:g} is probably too large: try a smaller --lr. {kept}.")
     finally:
         if log_file:
             log_file.close()
 
-    save(args, model, finished[1], metrics=history, epochs_completed=args.epochs,
-         interrupted=False)
     val = history[-1]["val_accuracy"]
     print(f"saved {args.out}"
           + (f" (validation accuracy {100 * val:.2f}%)" if val is not None else ""))

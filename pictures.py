@@ -1,0 +1,173 @@
+"""Pictures of what a trained network learned, drawn with matplotlib.
+
+    python pictures.py model.pt                  # curves.png and weights.png
+    python pictures.py model.pt --curves c.png --weights w.png
+
+This file makes the pictures that need only the checkpoint: the learning curves
+from its per-epoch metrics, and the first layer's weights. The others are drawn
+where their data is: `evaluate.py --confusion` and `--errors` (the test set),
+`train.py --show-augmentation` (the distortion flags) and `predict.py --show`
+(your own images); their drawing functions are here too.
+
+Each function returns a matplotlib Figure, so that a test (or a notebook) can
+look at what was drawn; `save` writes one to a PNG file. They build Figure
+objects directly rather than through pyplot: no window and no display are
+involved, so they work the same on a laptop and on a headless server. The
+scripts import this module only when they draw, so that training does not pay
+for importing matplotlib.
+"""
+
+import sys
+
+import matplotlib
+from matplotlib.figure import Figure
+from torchvision.utils import make_grid
+
+import cli
+from model import CheckpointError, load_checkpoint
+
+
+def save(figure, path):
+    """Write `figure` to the PNG file `path`, all of it or nothing."""
+    cli.write_file(path, lambda f: figure.savefig(f, format="png", dpi=100,
+                                                  bbox_inches="tight"))
+
+
+def learning_curves(metrics):
+    """Loss and accuracy per epoch, on the training batches and on the validation
+    set, from the metrics a checkpoint stores."""
+    epochs = [row["epoch"] for row in metrics]
+    figure = Figure(figsize=(10, 3.8))
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
+    for split, style in (("train", "-"), ("val", "--")):
+        name = {"train": "training (augmented batches)", "val": "validation"}[split]
+        if metrics and metrics[0][f"{split}_loss"] is not None:
+            loss_axes.plot(epochs, [row[f"{split}_loss"] for row in metrics], style,
+                           marker=".", label=name)
+            accuracy_axes.plot(epochs, [100 * row[f"{split}_accuracy"] for row in metrics],
+                               style, marker=".", label=name)
+    loss_axes.set(title="loss", xlabel="epoch", yscale="log")
+    accuracy_axes.set(title="accuracy (%)", xlabel="epoch")
+    for axes in (loss_axes, accuracy_axes):
+        axes.grid(alpha=0.3)
+        axes.legend()
+    figure.text(0.5, -0.04, "The training loss includes label smoothing, so it stays above "
+                "the validation loss's plain cross-entropy.", ha="center", fontsize=8)
+    return figure
+
+
+def first_layer_weights(weight, count=100):
+    """What the first hidden units look for: each unit's 784 incoming weights as
+    a 28 x 28 tile, red where a bright pixel raises the unit's input, blue where
+    it lowers it. Each tile is scaled by its own largest |weight| (so the colour
+    map is centred on 0 and weak units are visible too); grey lines part them."""
+    tiles = weight[:count].detach().float().cpu().view(-1, 1, 28, 28)
+    tiles = tiles / tiles.abs().amax(dim=(1, 2, 3), keepdim=True).clamp(min=1e-12)
+    # NaN between the tiles, drawn in the colour map's "bad" colour, grey.
+    mosaic = make_grid(tiles, nrow=10, padding=1, pad_value=float("nan"))[0]
+    colours = matplotlib.colormaps["RdBu_r"].with_extremes(bad="0.6")
+    figure = Figure(figsize=(8, 8 * mosaic.shape[0] / mosaic.shape[1] + 0.6))
+    axes = figure.subplots()
+    image = axes.imshow(mosaic.numpy(), cmap=colours, vmin=-1, vmax=1,
+                        interpolation="nearest")
+    axes.set_axis_off()
+    axes.set_title(f"incoming weights of the first {len(tiles)} of {len(weight)} "
+                   f"first-layer units")
+    figure.colorbar(image, ax=axes, shrink=0.6, label="weight / largest |weight| of the unit")
+    return figure
+
+
+def confusion_heatmap(counts, classes):
+    """counts[i, j]: test images of class i predicted as j, as a heat map with
+    the counts written in; the diagonal holds the correct answers."""
+    size = len(classes)
+    figure = Figure(figsize=(2.5 + 0.6 * size, 1.5 + 0.6 * size))
+    axes = figure.subplots()
+    # A logarithmic colour scale: the few errors stand out beside the diagonal.
+    axes.imshow(counts.numpy(), cmap="Blues", norm="symlog")
+    brightest = counts.max().item()
+    for true in range(size):
+        for predicted in range(size):
+            count = counts[true, predicted].item()
+            axes.text(predicted, true, str(count), ha="center", va="center", fontsize=8,
+                      color="white" if count > brightest ** 0.5 else "black")
+    axes.set_xticks(range(size), classes, rotation=45 if len(classes[0]) > 1 else 0,
+                    ha="right" if len(classes[0]) > 1 else "center")
+    axes.set_yticks(range(size), classes)
+    axes.set(xlabel="predicted", ylabel="true", title="confusion matrix (test set)")
+    return figure
+
+
+def captioned_digits(images, captions, columns=10):
+    """A grid of 28 x 28 images (uint8, white on black) with a caption under each."""
+    rows = max(1, -(-len(images) // columns))
+    figure = Figure(figsize=(1.3 * columns, 1.55 * rows))
+    grid = figure.subplots(rows, columns, squeeze=False)
+    for axes in grid.flat:
+        axes.set_axis_off()
+    for axes, image, caption in zip(grid.flat, images, captions):
+        axes.imshow(image.numpy(), cmap="gray", vmin=0, vmax=255)
+        axes.set_title(caption, fontsize=7)
+    return figure
+
+
+def augmentation_grid(originals, distortions):
+    """Each row: a training image (uint8, 28 x 28), then random distortions of it."""
+    rows, count = distortions.shape[:2]
+    figure = Figure(figsize=(1.2 * (count + 1), 1.25 * rows))
+    grid = figure.subplots(rows, count + 1, squeeze=False)
+    for row in range(rows):
+        for column, image in enumerate([originals[row], *distortions[row]]):
+            axes = grid[row, column]
+            axes.imshow(image.numpy(), cmap="gray", vmin=0, vmax=255)
+            axes.set_axis_off()
+    grid[0, 0].set_title("original", fontsize=8)
+    for column in range(1, count + 1):
+        grid[0, column].set_title(f"random {column}", fontsize=8)
+    return figure
+
+
+def what_the_model_saw(original, prepared, caption):
+    """An image as given (a PIL image) beside the 28 x 28 the model read."""
+    figure = Figure(figsize=(7, 3.6))
+    left, right = figure.subplots(1, 2)
+    left.imshow(original, cmap="gray" if original.mode in ("L", "1") else None)
+    left.set_title("as given", fontsize=9)
+    right.imshow(prepared.numpy(), cmap="gray", vmin=0, vmax=255)
+    right.set_title("28 x 28, as the model sees it", fontsize=9)
+    for axes in (left, right):
+        axes.set_axis_off()
+    figure.suptitle(caption, fontsize=10)
+    return figure
+
+
+def to_pixels(images, normalization):
+    """Normalized images [..., 28, 28] back to uint8 pixels, for drawing."""
+    pixels = images * normalization["std"] + normalization["mean"]
+    return (pixels * 255).round().clamp(0, 255).byte().cpu()
+
+
+# ----------------------------------------------------------------------------
+
+def main(argv=None):
+    parser = cli.ArgumentParser(description="Draw a checkpoint's learning curves and "
+                                            "first-layer weights.")
+    parser.add_argument("checkpoint", help="a model file written by train.py, e.g. model.pt")
+    parser.add_argument("--curves", type=cli.png_file, default="curves.png", metavar="PNG",
+                        help="where to draw the loss and accuracy per epoch")
+    parser.add_argument("--weights", type=cli.png_file, default="weights.png", metavar="PNG",
+                        help="where to draw the first layer's weights")
+    args = parser.parse_args(argv)
+    try:
+        model, checkpoint = load_checkpoint(args.checkpoint)
+    except CheckpointError as error:
+        sys.exit(f"error: {error}")
+    save(learning_curves(checkpoint["metrics"]), args.curves)
+    print(f"wrote {args.curves} ({len(checkpoint['metrics'])} epochs)")
+    weight = model.hidden_layers[0].weight  # [units, 784]
+    save(first_layer_weights(weight), args.weights)
+    print(f"wrote {args.weights} ({min(100, len(weight))} of {len(weight)} units)")
+
+
+if __name__ == "__main__":
+    main()
