@@ -118,6 +118,18 @@ def png_file(path):
     return output_file(path)
 
 
+def output_folder(path):
+    """An output folder flag: made, with any missing parents, if it does not exist."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{path} is a file, not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot write into {path}: {error.strerror}") from None
+    return path
+
+
 def write_file(path, write):
     """Call write(file) to fill the output file `path`, all of it or nothing:
     through a temporary file, so that a full disk or Ctrl-C never leaves half a

@@ -49,8 +49,8 @@ def synthetic_digits(count, generator):
     return (patterns[labels] + noise).to(torch.uint8), labels.to(torch.uint8)
 
 
-def make_mnist(root, train_count=600, test_count=200):
-    raw = data.raw_folder(root)
+def make_mnist(root, train_count=600, test_count=200, dataset="mnist"):
+    raw = data.raw_folder(root, dataset)
     os.makedirs(raw)
     generator = torch.Generator().manual_seed(0)
     for split, count in (("train", train_count), ("test", test_count)):
@@ -322,6 +322,113 @@ def test_the_same_seed_gives_identical_metrics_and_weights(capsys, mnist, tmp_pa
     assert metrics_a == metrics_b
     assert all(torch.equal(weights_a[name], weights_b[name]) for name in weights_a)
     assert not torch.equal(weights_a["output_layer.weight"], weights_c["output_layer.weight"])
+
+
+# ----------------------------------------------------------------------------
+# The lesson itself: each step of the loop, and train() / eval()
+
+class Batches(list):
+    """A list of (images, labels) batches that train_one_epoch can take as its
+    loader: it has the .dataset whose length is the number of images."""
+
+    def __init__(self, batches):
+        super().__init__(batches)
+        self.dataset = range(sum(len(labels) for _, labels in batches))
+
+
+def two_batch_loader(mnist):
+    train_set, _ = split(mnist, 0)
+    return Batches([(train_set.images[:50], train_set.labels[:50]),
+                    (train_set.images[50:100], train_set.labels[50:100])])
+
+
+def test_each_step_updates_with_that_batch_s_gradient_alone(mnist):
+    """Plain SGD, two batches: w1 = w0 - lr g(w0, batch 1), w2 = w1 - lr g(w1,
+    batch 2). Without step 2 (zero_grad) the second update would use the sum of
+    both batches' gradients; without step 6 nothing would change."""
+    torch.manual_seed(0)
+    model = MLP([16])
+    expected = MLP([16])
+    expected.load_state_dict(model.state_dict())
+    loss_fn = torch.nn.CrossEntropyLoss()
+    lr = 0.5
+    loader = two_batch_loader(mnist)
+    for images, labels in loader:
+        gradients = torch.autograd.grad(loss_fn(expected(images), labels),
+                                        list(expected.parameters()))
+        with torch.no_grad():
+            for parameter, gradient in zip(expected.parameters(), gradients):
+                parameter -= lr * gradient
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    train.train_one_epoch(model, loader, loss_fn, optimizer)
+    for name, parameter in model.named_parameters():
+        assert torch.allclose(parameter, dict(expected.named_parameters())[name], atol=1e-6), name
+
+
+def test_train_one_epoch_returns_the_mean_loss_and_accuracy_of_its_batches(mnist):
+    torch.manual_seed(0)
+    model = MLP([16])
+    loader = two_batch_loader(mnist)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    # Nothing learns at lr 0, so the figures are those of the model as it is.
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    logits = [model(images) for images, _ in loader]
+    losses = [loss_fn(out, labels).item() for out, (_, labels) in zip(logits, loader)]
+    right = sum((out.argmax(1) == labels).sum().item() for out, (_, labels) in zip(logits, loader))
+    loss, accuracy = train.train_one_epoch(model, loader, loss_fn, optimizer)
+    assert loss == pytest.approx(sum(losses) / 2, rel=1e-5)
+    assert accuracy == pytest.approx(right / 100)
+
+
+def test_the_scheduler_steps_once_per_batch(mnist):
+    model = MLP([16])
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    train.train_one_epoch(model, two_batch_loader(mnist),
+                          torch.nn.CrossEntropyLoss(), optimizer, scheduler)
+    assert optimizer.param_groups[0]["lr"] == 0.25
+
+
+def test_training_switches_dropout_back_on_after_evaluation(mnist):
+    """predict() (validation) puts the model in eval mode; the next epoch must
+    train with dropout again: its loss is then not the eval-mode loss."""
+    torch.manual_seed(0)
+    model = MLP([256], dropout=0.5)
+    loader = two_batch_loader(mnist)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    predict(model, loader)  # as validate() does after every epoch
+    assert not model.training
+    eval_loss = sum(loss_fn(model(images), labels).item() for images, labels in loader) / 2
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    train_loss, _ = train.train_one_epoch(model, loader, loss_fn, optimizer)
+    assert abs(train_loss - eval_loss) > 1e-3
+
+
+def test_prediction_is_deterministic_and_without_dropout(mnist):
+    torch.manual_seed(0)
+    model = MLP([256], dropout=0.5)
+    model.train()  # as training leaves it
+    without_dropout = MLP([256], dropout=0.0)
+    without_dropout.load_state_dict(model.state_dict())
+    loader = two_batch_loader(mnist)
+    first, _ = predict(model, loader)
+    second, _ = predict(model, loader)
+    assert torch.equal(first, second)
+    assert torch.allclose(first, predict(without_dropout, loader)[0])
+
+
+def test_validation_uses_the_model_without_dropout(mnist):
+    torch.manual_seed(0)
+    model = MLP([256], dropout=0.5)
+    model.train()
+    _, val_set = split(mnist, 100)
+    val_loader = data.make_loader(val_set, 1000)
+    without_dropout = MLP([256], dropout=0.0)
+    without_dropout.load_state_dict(model.state_dict())
+    assert train.validate(model, val_loader) == train.validate(without_dropout, val_loader)
+    logits, labels = predict(without_dropout, val_loader)
+    accuracy = (logits.argmax(1) == labels).float().mean().item()
+    assert train.validate(model, val_loader)[1] == accuracy
 
 
 # ----------------------------------------------------------------------------
@@ -648,6 +755,15 @@ def checkpoint_files(tmp_path, good_checkpoint):
     del no_normalization["normalization"]
     paths["no normalization"] = tmp_path / "no_normalization.pt"
     torch.save(no_normalization, paths["no normalization"])
+    older = torch.load(good_checkpoint, weights_only=True)
+    older["format"] = "mnist-mlp-checkpoint/1"
+    paths["older format"] = tmp_path / "older.pt"
+    torch.save(older, paths["older format"])
+    foreign_state = torch.load(good_checkpoint, weights_only=True)
+    foreign_state["training_state"] = {"optimizer": {"state": {}, "param_groups": []},
+                                       "scheduler": None, "random": {}}
+    paths["foreign training state"] = tmp_path / "foreign_state.pt"
+    torch.save(foreign_state, paths["foreign training state"])
     return paths
 
 
@@ -660,6 +776,7 @@ def checkpoint_files(tmp_path, good_checkpoint):
     ("not ours", "not a checkpoint saved by train.py"),
     ("wrong shape", "do not fit the stored model"),
     ("no normalization", "normalization"),
+    ("older format", "another version of train.py"),
 ])
 def test_bad_checkpoints_are_one_clear_line(capsys, checkpoint, tmp_path, mnist, case, message):
     path = checkpoint_files(tmp_path, checkpoint)[case]
@@ -805,6 +922,151 @@ def test_saving_is_atomic(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", real_save)
     save_checkpoint(out, model.config, model.state_dict(), saved["normalization"], **details)
     assert load_checkpoint(out)[0].config == model.config
+
+
+# ----------------------------------------------------------------------------
+# A checkpoint every epoch, SIGTERM and SIGKILL, --resume
+
+RESUMABLE_RUN = ["--val-size", "100", "--hidden", "32", "--dropout", "0.2", "--augment",
+                 "--elastic-alpha", "4", "--batch-size", "5", "--device", "cpu"]
+
+
+def start_training(mnist, out, *flags):
+    return subprocess.Popen([sys.executable, "train.py", "--data-dir", mnist, "--out", str(out),
+                             *RESUMABLE_RUN, *map(str, flags)],
+                            cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def stop_after_epoch(process, epoch, signal_number):
+    """Send the signal as soon as `epoch` is printed: its checkpoint is saved
+    before its line is, so the run is then in the next epoch."""
+    for line in process.stdout:
+        if line.split()[:1] == [str(epoch)]:
+            break
+    process.send_signal(signal_number)
+    return process.communicate(timeout=60)
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGTERM])
+def test_a_run_killed_in_its_third_epoch_leaves_the_second(capsys, mnist, tmp_path,
+                                                           signal_number):
+    out = tmp_path / "m.pt"
+    process = start_training(mnist, out, "--epochs", 6)
+    _, err = stop_after_epoch(process, 2, signal_number)
+    if signal_number == signal.SIGTERM:
+        assert_one_line_error(process.returncode, err, "interrupted", "after epoch 2 of 6",
+                              f"python train.py --resume {out}")
+    else:
+        assert process.returncode == -signal.SIGKILL and err == ""  # no chance to say a word
+    saved = torch.load(out, weights_only=True)
+    assert saved["epochs_completed"] == 2 and len(saved["metrics"]) == 2
+    assert os.listdir(tmp_path) == ["m.pt"]  # no temporary file left behind
+    code, stdout, _ = run(capsys, evaluate, out, "--data-dir", mnist)
+    assert code == 0 and "the model after epoch 2 of 6 (the run is not finished)" in stdout
+
+
+def timeless(metrics):
+    return [{k: v for k, v in row.items() if k not in ("seconds", "images_per_second")}
+            for row in metrics]
+
+
+def test_an_interrupted_run_resumed_ends_bit_identical_to_one_never_interrupted(
+        capsys, mnist, tmp_path):
+    straight, resumed = tmp_path / "straight.pt", tmp_path / "resumed.pt"
+    code, _, err = run(capsys, train, "--data-dir", mnist, "--out", straight, *RESUMABLE_RUN,
+                       "--epochs", 4)
+    assert code == 0, err
+    process = start_training(mnist, resumed, "--epochs", 4)
+    stop_after_epoch(process, 2, signal.SIGTERM)
+    assert torch.load(resumed, weights_only=True)["epochs_completed"] == 2
+    finished = run_command("train.py", "--resume", resumed, "--data-dir", mnist,
+                           "--log", tmp_path / "log.csv")
+    assert finished.returncode == 0, finished.stderr
+    assert "resuming after epoch 2 of 4" in finished.stdout
+    expected, got = (torch.load(path, weights_only=True) for path in (straight, resumed))
+    assert got["epochs_completed"] == 4 and got["training_state"] is None
+    assert timeless(got["metrics"]) == timeless(expected["metrics"])
+    for name, weights in expected["state_dict"].items():
+        assert torch.equal(got["state_dict"][name], weights), name
+    # The log of the resumed run has every epoch, the first two included.
+    assert [row.split(",")[0] for row in (tmp_path / "log.csv").read_text().split()] == [
+        "epoch", "1", "2", "3", "4"]
+
+
+def in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys):
+    """A run of 3 epochs interrupted (Ctrl-C) during its second."""
+    out = tmp_path / "run.pt"
+    real_epoch, epochs = train.train_one_epoch, []
+
+    def interrupt_the_second(*args, **kwargs):
+        epochs.append(1)
+        if len(epochs) == 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", interrupt_the_second)
+    code, _, _ = run(capsys, train, "--data-dir", mnist, "--out", out, *RESUMABLE_RUN,
+                     "--epochs", 3)
+    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
+    assert code == 1
+    return out
+
+
+@pytest.mark.parametrize("flags", [["--lr", "0.01"], ["--epochs", "10"], ["--no-augment"],
+                                   ["--dataset", "fashion-mnist"], ["--seed", "1"]])
+def test_resume_refuses_a_flag_that_would_change_the_run(capsys, mnist, tmp_path,
+                                                         monkeypatch, flags):
+    out = in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys)
+    before = out.read_bytes()
+    code, stdout, err = run(capsys, train, "--resume", out, "--data-dir", mnist, *flags)
+    assert_one_line_error(code, err, flags[0], "leave")
+    assert out.read_bytes() == before and "epoch  train loss" not in stdout
+
+
+def test_resume_may_change_where_the_data_and_the_output_are(capsys, mnist, tmp_path,
+                                                            monkeypatch):
+    out = in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys)
+    elsewhere = tmp_path / "elsewhere.pt"
+    code, _, err = run(capsys, train, "--resume", out, "--data-dir", mnist, "--device", "cpu",
+                       "--out", elsewhere, "--hidden", 32)  # the run's own value is no change
+    assert code == 0, err
+    assert torch.load(elsewhere, weights_only=True)["epochs_completed"] == 3
+    assert torch.load(out, weights_only=True)["epochs_completed"] == 1  # left as it was
+
+
+def test_resuming_a_finished_run_says_so(capsys, checkpoint, mnist):
+    before = open(checkpoint, "rb").read()
+    code, stdout, _ = run(capsys, train, "--resume", checkpoint, "--data-dir", mnist)
+    assert code == 0 and "a finished run (2 of 2 epochs): nothing to resume" in stdout
+    assert open(checkpoint, "rb").read() == before
+
+
+@pytest.mark.parametrize("case, message", [
+    ("missing", "no such file"),
+    ("truncated", "not a readable checkpoint"),
+    ("not ours", "not a checkpoint saved by train.py"),
+    ("older format", "another version of train.py"),
+    ("foreign training state", "training state does not fit"),
+])
+def test_resume_of_a_bad_checkpoint_is_one_line_and_trains_nothing(
+        capsys, mnist, tmp_path, monkeypatch, case, message):
+    good = in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys)
+    path = checkpoint_files(tmp_path, good)[case]
+    before = path.read_bytes() if path.exists() else None
+    code, stdout, err = run(capsys, train, "--resume", path, "--data-dir", mnist)
+    assert_one_line_error(code, err, str(path), message)
+    assert "epoch  train loss" not in stdout
+    assert (path.read_bytes() if path.exists() else None) == before
+
+
+def test_a_crafted_checkpoint_given_to_resume_runs_no_code(capsys, checkpoint, mnist, tmp_path):
+    marker = tmp_path / "code_ran"
+    crafted = torch.load(checkpoint, weights_only=True)
+    crafted["training_state"] = {"optimizer": RunsCode(str(marker))}
+    torch.save(crafted, tmp_path / "crafted.pt")
+    code, _, err = run(capsys, train, "--resume", tmp_path / "crafted.pt", "--data-dir", mnist)
+    assert_one_line_error(code, err, "refused")
+    assert not marker.exists()
 
 
 # ----------------------------------------------------------------------------

@@ -107,17 +107,27 @@ def parse_args(argv=None):
         print(f"{args.resume} is a finished run ({checkpoint['epochs_completed']} of "
               f"{stored['epochs']} epochs): nothing to resume")
         sys.exit(0)
-    # Which flags did the command line give? Parse it again without defaults.
-    parser.set_defaults(**dict.fromkeys(vars(args), argparse.SUPPRESS))
-    given = vars(parser.parse_args(argv))
+    # Which flags did the command line give? Parse it again into a namespace that
+    # has every attribute already, so that argparse fills in no default.
+    unset = object()
+    given = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
+    given = {name: value for name, value in vars(given).items() if value is not unset}
     for name, value in given.items():
         if name not in MAY_CHANGE_ON_RESUME and value != stored[name]:
-            flag = "--" + name.replace("_", "-")
-            parser.error(f"argument {flag}: the run in {args.resume} has {stored[name]}, "
-                         f"and --resume continues that run unchanged; leave {flag} out")
+            parser.error(f"{as_flag(name, value)} would change the run in {args.resume} "
+                         f"({as_flag(name, stored[name])}), which --resume continues as it "
+                         f"was: leave {as_flag(name, value).split()[0]} out")
     args = argparse.Namespace(**{**stored, "device": args.device, "out": args.resume,
                                  "resume": args.resume, **given})
     return args, checkpoint
+
+
+def as_flag(name, value):
+    """How the flag for argparse's `name` reads with `value`: --lr 0.001, --no-augment."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    return f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
 
 
 def make_augmentation(args, normalization):

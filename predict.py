@@ -1,0 +1,147 @@
+"""Ask a trained model about your own images: a photo or a scan of a digit
+written on paper, any size, dark ink on light paper or light on dark.
+
+    python predict.py model.pt photo.jpg [more.png ...]
+    python predict.py model.pt photo.jpg --show seen/    # what the model saw
+
+Each image is prepared as the MNIST digits were (LeCun et al.): grey levels,
+background black and ink white, cropped to the ink, scaled so that its longer
+side is 20 pixels, and placed in a 28 x 28 frame with its centre of mass in the
+middle. (Fashion-MNIST's pictures were prepared differently, the item filling
+the frame, so for a model trained on them this preparation is only a rough fit.)
+"""
+
+import os
+import sys
+import warnings
+
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+import cli
+from model import CheckpointError, load_checkpoint
+
+# A 200-megapixel phone photo is 16,320 x 12,240 pixels; anything larger is not a
+# photo of a digit, and decoding it could take gigabytes.
+MAX_PIXELS = 200_000_000
+# The longest side an image is analysed at: plenty for a 20-pixel digit, and
+# a 50-megapixel photo is then as quick to prepare as a small one.
+WORKING_SIZE = 1024
+# How much brighter than the background (in [0, 1]) the ink must be: below it,
+# the image is a blank page or noise.
+MIN_INK_CONTRAST = 0.2
+
+
+class ImageError(Exception):
+    """An image that cannot be read or holds no digit; the message says why."""
+
+
+def parse_args(argv=None):
+    parser = cli.ArgumentParser(description="Classify your own images of digits (PNG or JPEG).")
+    parser.add_argument("checkpoint", help="a model file written by train.py, e.g. model.pt")
+    parser.add_argument("images", nargs="+", help="PNG or JPEG files, any size")
+    parser.add_argument("--device", type=cli.device, default="cpu",
+                        help="cpu (fast enough for a few images), cuda, cuda:N or mps")
+    parser.add_argument("--show", metavar="FOLDER", type=cli.output_folder,
+                        help="save, for each image, the image beside the 28 x 28 the model "
+                             "saw, as FOLDER/<name>.png")
+    return parser.parse_args(argv)
+
+
+def read_image(path):
+    """The image at `path` as grey levels in [0, 1], [height, width], upright,
+    at most WORKING_SIZE pixels on its longer side."""
+    try:
+        with warnings.catch_warnings():  # PIL warns of large images; we decide below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        if image.width * image.height > MAX_PIXELS:
+            raise ImageError(f"{image.width:,} x {image.height:,} pixels is too large for a "
+                             f"photo of a digit; crop it first")
+        image.draft("L", (WORKING_SIZE, WORKING_SIZE))  # JPEG: decode at a reduced size
+        image = ImageOps.exif_transpose(image).convert("L")  # phones store rotation apart
+        image.thumbnail((WORKING_SIZE, WORKING_SIZE))  # keeps the aspect ratio
+    except Image.DecompressionBombError:
+        raise ImageError("too large for a photo of a digit; crop it first") from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image (PNG or JPEG expected)") from None
+    except (OSError, SyntaxError, ValueError) as error:  # missing, unreadable, truncated
+        reason = getattr(error, "strerror", None) or str(error)
+        raise ImageError(f"cannot be read ({reason})") from None
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return pixels.view(image.height, image.width).float() / 255, image
+
+
+def prepare(gray):
+    """Grey levels [H, W] in [0, 1] -> a 28 x 28 digit in [0, 1] as MNIST's were:
+    white ink on black, cropped, longer side 20 pixels, centred by mass."""
+    # Paper is mostly background, so the border's typical value is the
+    # background: MNIST has white ink on black, so light paper is inverted.
+    border = torch.cat([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if border.median() > 0.5:
+        gray = 1 - gray
+    ink = (gray - border.median().clamp(max=0.5)).clamp(min=0)
+    # The ink's brightness: the brightest 3 x 3 average, which a lone speck of
+    # noise cannot reach. Scaled so that ink is 1; faint shadows dropped.
+    ink_level = F.avg_pool2d(ink[None, None], 3, stride=1, padding=1).max()
+    if ink_level < MIN_INK_CONTRAST:
+        raise ImageError("no ink found: the image looks blank (or the digit is too faint)")
+    ink = (ink / ink_level).clamp(max=1)
+    ink[ink < 0.25] = 0
+    rows, columns = ink.sum(dim=1).nonzero(), ink.sum(dim=0).nonzero()
+    ink = ink[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1]  # cropped to the ink
+    height, width = ink.shape
+    scale = 20 / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    digit = F.interpolate(ink[None, None], size=size, mode="bilinear", antialias=True)[0, 0]
+    digit = digit / digit.max()  # thin strokes lose brightness in the shrinking
+    # Centre of mass, in pixel centres, moved to the frame's centre (14, 14).
+    mass = digit.sum()
+    centre_y = (digit.sum(dim=1) * (torch.arange(size[0]) + 0.5)).sum() / mass
+    centre_x = (digit.sum(dim=0) * (torch.arange(size[1]) + 0.5)).sum() / mass
+    top = min(max(round(14 - centre_y.item()), 0), 28 - size[0])
+    left = min(max(round(14 - centre_x.item()), 0), 28 - size[1])
+    frame = torch.zeros(28, 28)
+    frame[top:top + size[0], left:left + size[1]] = digit
+    return frame
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        model, checkpoint = load_checkpoint(args.checkpoint, args.device)
+    except CheckpointError as error:
+        sys.exit(f"error: {error}")
+    model.eval()
+    classes, normalization = checkpoint["classes"], checkpoint["normalization"]
+    failed = 0
+    for path in args.images:
+        try:
+            gray, original = read_image(path)
+            digit = prepare(gray)
+        except ImageError as error:  # one line, and on to the next image
+            print(f"error: {path}: {error}", file=sys.stderr)
+            failed += 1
+            continue
+        normalized = (digit - normalization["mean"]) / normalization["std"]
+        with torch.no_grad():
+            probabilities = model(normalized[None, None].to(args.device)).softmax(dim=1)[0]
+        top = probabilities.topk(3)
+        ranking = ", ".join(f"{classes[i]} {100 * p:.1f}%"
+                            for p, i in zip(top.values.tolist(), top.indices.tolist()))
+        answer = classes[top.indices[0].item()]
+        print(f"{path}: {answer}   ({ranking})")
+        if args.show:
+            import pictures  # only here: importing matplotlib takes a second or two
+
+            name = os.path.splitext(os.path.basename(path))[0] + ".png"
+            figure = pictures.what_the_model_saw(original, (digit * 255).round().byte(),
+                                                 f"{os.path.basename(path)}: {ranking}")
+            pictures.save(figure, os.path.join(args.show, name))
+    if failed:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
