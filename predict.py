@@ -22,9 +22,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 import cli
 from model import CheckpointError, load_checkpoint
 
-# A 200-megapixel phone photo is 16,320 x 12,240 pixels; anything larger is not a
-# photo of a digit, and decoding it could take gigabytes.
-MAX_PIXELS = 200_000_000
+# 100 megapixels (say 11,500 x 8,700) is more than a phone photo; anything larger
+# is not a photo of a digit, and decoding it could take gigabytes. (PIL itself
+# refuses images of more than about 179 megapixels.)
+MAX_PIXELS = 100_000_000
 # The longest side an image is analysed at: plenty for a 20-pixel digit, and
 # a 50-megapixel photo is then as quick to prepare as a small one.
 WORKING_SIZE = 1024

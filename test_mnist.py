@@ -23,6 +23,7 @@ import benchmark
 import data
 import evaluate
 import pictures
+import predict as predict_script
 import train
 from model import CHECKPOINT_FIELDS, MLP, load_checkpoint, predict, save_checkpoint
 
@@ -1067,6 +1068,238 @@ def test_a_crafted_checkpoint_given_to_resume_runs_no_code(capsys, checkpoint, m
     code, _, err = run(capsys, train, "--resume", tmp_path / "crafted.pt", "--data-dir", mnist)
     assert_one_line_error(code, err, "refused")
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------
+# Pictures
+
+def test_learning_curves_plot_the_stored_metrics(checkpoint):
+    metrics = torch.load(checkpoint, weights_only=True)["metrics"]
+    figure = pictures.learning_curves(metrics)
+    loss_axes, accuracy_axes = figure.axes
+    train_loss, val_loss = loss_axes.lines
+    assert list(train_loss.get_xdata()) == [1, 2]
+    assert list(train_loss.get_ydata()) == [row["train_loss"] for row in metrics]
+    assert list(val_loss.get_ydata()) == [row["val_loss"] for row in metrics]
+    assert list(accuracy_axes.lines[1].get_ydata()) == [100 * row["val_accuracy"]
+                                                        for row in metrics]
+
+
+def test_each_weight_tile_is_that_unit_s_weights_rescaled():
+    weight = torch.randn(12, 784)
+    figure = pictures.first_layer_weights(weight)
+    mosaic = torch.from_numpy(figure.axes[0].images[0].get_array().filled(float("nan")))
+    assert mosaic.shape == (2 * 29 + 1, 10 * 29 + 1)  # 12 tiles, 10 a row, 1-pixel lines
+    for unit in (0, 5, 11):
+        row, column = divmod(unit, 10)
+        tile = mosaic[1 + 29 * row:29 * (row + 1), 1 + 29 * column:29 * (column + 1)]
+        expected = weight[unit].view(28, 28) / weight[unit].abs().max()
+        assert torch.allclose(tile.float(), expected, atol=1e-6)
+    assert mosaic[0].isnan().all()  # the lines between tiles are no weight
+    assert figure.axes[0].images[0].norm.vmin == -1 and figure.axes[0].images[0].norm.vmax == 1
+
+
+def test_the_heat_map_shows_the_confusion_matrix():
+    counts = torch.randint(0, 50, (10, 10))
+    classes = data.DATASETS["fashion-mnist"]["classes"]
+    figure = pictures.confusion_heatmap(counts, classes)
+    axes = figure.axes[0]
+    assert torch.equal(torch.from_numpy(axes.images[0].get_array().data), counts)
+    written = {(text.get_position()[1], text.get_position()[0]): int(text.get_text())
+               for text in axes.texts}
+    assert written == {(i, j): counts[i, j].item() for i in range(10) for j in range(10)}
+    assert [label.get_text() for label in axes.get_yticklabels()] == classes
+
+
+def test_pictures_draws_curves_and_weights_from_a_checkpoint(capsys, checkpoint, tmp_path):
+    curves, weights = tmp_path / "curves.png", tmp_path / "weights.png"
+    code, stdout, _ = run(capsys, pictures, checkpoint, "--curves", curves, "--weights", weights)
+    assert code == 0
+    assert "(2 epochs)" in stdout and "(64 of 64 units)" in stdout
+    for picture in (curves, weights):
+        assert Image.open(picture).format == "PNG"
+
+
+def test_pictures_of_a_bad_checkpoint_is_one_line(capsys, tmp_path):
+    code, _, err = run(capsys, pictures, tmp_path / "missing.pt", "--curves", tmp_path / "c.png")
+    assert_one_line_error(code, err, "no such file")
+
+
+def test_show_augmentation_draws_each_class_and_trains_nothing(capsys, mnist, tmp_path,
+                                                               monkeypatch):
+    drawn = {}
+    real_grid = pictures.augmentation_grid
+    monkeypatch.setattr(pictures, "augmentation_grid", lambda originals, distortions: drawn.update(
+        originals=originals, distortions=distortions) or real_grid(originals, distortions))
+    picture = tmp_path / "augmentation.png"
+    code, stdout, _ = run(capsys, train, "--data-dir", mnist, "--val-size", 0, "--rotation", 30,
+                          "--device", "cpu", "--out", tmp_path / "m.pt",
+                          "--show-augmentation", picture)
+    assert code == 0 and f"wrote {picture}" in stdout
+    assert Image.open(picture).format == "PNG"
+    assert not (tmp_path / "m.pt").exists() and "epoch" not in stdout
+    stored, labels = data.load_split(mnist, "mnist", "train")
+    order = torch.randperm(600, generator=torch.Generator().manual_seed(0))  # the split's
+    first_of_each = [(labels[order] == digit).nonzero()[0, 0] for digit in range(10)]
+    assert torch.equal(drawn["originals"], stored[order][torch.stack(first_of_each)])
+    assert drawn["distortions"].shape == (10, 7, 28, 28)
+    assert not torch.equal(drawn["distortions"][:, 0], drawn["distortions"][:, 1])
+
+
+def test_show_augmentation_without_augmentation_is_one_line(capsys, tmp_path):
+    code, _, err = run(capsys, train, "--no-augment", "--show-augmentation", tmp_path / "a.png")
+    assert_one_line_error(code, err, "--show-augmentation", "--no-augment")
+
+
+# ----------------------------------------------------------------------------
+# predict.py: your own images
+
+def digit_drawings():
+    """The ten digits drawn in a font: the 28 x 28 images the model is asked
+    about, and the large drawings (white ink on black, 400 pixels high) they
+    were made from."""
+    from matplotlib import font_manager
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 360)
+    drawings = []
+    for digit in range(10):
+        drawing = Image.new("L", (300, 420), 0)
+        ImageDraw.Draw(drawing).text((20, 0), str(digit), font=font, fill=255)
+        drawings.append(drawing)
+    return drawings
+
+
+def as_photo(drawing, path):
+    """A drawing as a photo of paper: dark ink on a light page, off-centre."""
+    from PIL import ImageOps
+
+    page = Image.new("L", (900, 700), 230)
+    page.paste(ImageOps.invert(drawing).point(lambda v: 30 + v * 200 // 255), (520, 230))
+    page.convert("RGB").save(path, quality=90)
+
+
+def test_digits_on_paper_are_read_as_their_28_x_28_forms(capsys, checkpoint, tmp_path):
+    model, saved = load_checkpoint(checkpoint)
+    normalization = saved["normalization"]
+    small_forms = []
+    for drawing in digit_drawings():
+        pixels = torch.frombuffer(bytearray(drawing.tobytes()), dtype=torch.uint8)
+        small_forms.append(predict_script.prepare(pixels.view(420, 300).float() / 255))
+    with torch.no_grad():
+        inputs = (torch.stack(small_forms)[:, None] - normalization["mean"]) / normalization["std"]
+        expected = model(inputs).argmax(dim=1).tolist()
+    paths = []
+    for digit, drawing in enumerate(digit_drawings()):
+        for extension in ("png", "jpg"):
+            paths.append(tmp_path / f"digit{digit}.{extension}")
+            as_photo(drawing, paths[-1])
+    code, stdout, err = run(capsys, predict_script, checkpoint, *paths, "--show", tmp_path / "seen")
+    assert code == 0, err
+    answers = [line.split()[1] for line in stdout.splitlines()]
+    agree = sum(answer == str(expected[i // 2]) for i, answer in enumerate(answers))
+    assert len(answers) == 20 and agree >= 18
+    assert all(len(line.split("%")) == 4 for line in stdout.splitlines())  # three guesses
+    assert Image.open(tmp_path / "seen" / "digit3.png").format == "PNG"
+
+
+def test_the_preparation_is_mnist_s(tmp_path):
+    """Longer side 20 pixels, centre of mass in the middle, ink white on black,
+    whatever the size, place and polarity of the digit in the image."""
+    drawing = digit_drawings()[7]
+    as_photo(drawing, tmp_path / "seven.png")
+    gray, _ = predict_script.read_image(tmp_path / "seven.png")
+    digit = predict_script.prepare(gray)
+    assert digit.shape == (28, 28) and digit.max() == 1 and digit[0].sum() == 0
+    rows, columns = digit.sum(dim=1).nonzero(), digit.sum(dim=0).nonzero()
+    assert max(rows[-1] - rows[0] + 1, columns[-1] - columns[0] + 1) == 20
+    mass = digit.sum()
+    centre_y = (digit.sum(dim=1) * (torch.arange(28) + 0.5)).sum() / mass
+    centre_x = (digit.sum(dim=0) * (torch.arange(28) + 0.5)).sum() / mass
+    assert abs(centre_y - 14) <= 0.5 and abs(centre_x - 14) <= 0.5
+
+
+def huge_png(path, width, height):
+    """A PNG whose header claims width x height grey pixels, without the pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+
+
+def test_bad_images_are_one_line_each_and_the_good_ones_still_answered(
+        capsys, checkpoint, tmp_path):
+    good = tmp_path / "good.png"
+    as_photo(digit_drawings()[4], good)
+    (tmp_path / "text.png").write_bytes(b"not an image at all")
+    as_photo(digit_drawings()[1], tmp_path / "whole.jpg")
+    whole = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(whole[:len(whole) // 3])
+    Image.new("RGB", (640, 480), (235, 235, 230)).save(tmp_path / "blank.jpg")
+    huge_png(tmp_path / "huge.png", 20000, 20000)  # refused by PIL itself
+    huge_png(tmp_path / "large.png", 12000, 10000)  # by predict.py
+    paths = [tmp_path / name for name in ("missing.png", "text.png", "truncated.jpg")] + [
+        good] + [tmp_path / name for name in ("blank.jpg", "huge.png", "large.png")]
+    code, stdout, err = run(capsys, predict_script, checkpoint, *paths)
+    assert code == 1 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 6
+    for line, expected in zip(lines, ["No such file", "not an image", "truncated",
+                                      "no ink found", "too large", "too large"]):
+        assert expected in line and line.startswith("error: ")
+    assert stdout.startswith(f"{good}: ")  # answered all the same
+
+
+# ----------------------------------------------------------------------------
+# Fashion-MNIST: the same scripts with --dataset
+
+@pytest.fixture(scope="session")
+def fashion(tmp_path_factory):
+    return make_mnist(tmp_path_factory.mktemp("fashion"), dataset="fashion-mnist")
+
+
+def test_each_data_set_has_its_folder_and_torchvision_s_class_names():
+    import torchvision.datasets
+
+    for name, dataset in data.DATASETS.items():
+        assert dataset["classes"] == [c.split(" - ")[0] for c in
+                                      getattr(torchvision.datasets, dataset["folder"]).classes]
+        assert data.raw_folder("root", name) == os.path.join("root", dataset["folder"], "raw")
+
+
+def test_fashion_mnist_trains_and_evaluates_without_flags(capsys, fashion, tmp_path):
+    out = tmp_path / "fashion.pt"
+    code, stdout, err = run(capsys, train, "--dataset", "fashion-mnist", "--data-dir", fashion,
+                            "--epochs", 1, "--val-size", 100, "--device", "cpu", "--out", out)
+    assert code == 0, err
+    assert "fashion-mnist images" in stdout
+    saved = torch.load(out, weights_only=True)
+    assert saved["dataset"] == "fashion-mnist"
+    assert saved["classes"][6] == "Shirt"
+    images, _ = data.load_split(fashion, "fashion-mnist", "train")
+    order = torch.randperm(600, generator=torch.Generator().manual_seed(0))
+    assert saved["normalization"] == data.pixel_statistics(images[order[100:]])
+    code, stdout, err = run(capsys, evaluate, out, "--data-dir", fashion, "--confusion",
+                            tmp_path / "confusion.png")
+    assert code == 0, err
+    assert "fashion-mnist" in stdout and "  6  " in stdout and "Shirt" in stdout
+
+
+def test_a_fashion_model_looks_for_fashion_mnist_s_folder(capsys, fashion, mnist, tmp_path,
+                                                          monkeypatch):
+    out = tmp_path / "fashion.pt"
+    run(capsys, train, "--dataset", "fashion-mnist", "--data-dir", fashion, "--epochs", 1,
+        "--val-size", 100, "--device", "cpu", "--out", out)
+    monkeypatch.setattr(data, "download", lambda root, dataset: (_ for _ in ()).throw(
+        data.DataError(f"{data.DATASETS[dataset]['folder']} is not in {root}")))
+    code, _, err = run(capsys, evaluate, out, "--data-dir", mnist)  # MNIST's folder only
+    assert_one_line_error(code, err, "FashionMNIST is not in")
 
 
 # ----------------------------------------------------------------------------
