@@ -198,7 +198,12 @@ class RandomDistortion:
 class MNISTTensors(Dataset):
     """Images and labels held as tensors on one device. `__getitem__` takes a whole
     batch of indices and returns the whole batch, optionally transformed (for
-    example augmented) on the fly."""
+    example augmented) on the fly.
+
+    It needs a sampler that yields one tensor of indices per batch (BatchIndices,
+    below) and a DataLoader told not to batch again (batch_size=None): make_loader
+    puts the three together. With torch's default sampler, `__getitem__` would be
+    called once per image, which is what this class is here to avoid."""
 
     def __init__(self, images, labels, transform=None):
         self.images = images

@@ -106,8 +106,8 @@ def main(argv=None):
     if args.errors:
         wrong = (~correct).nonzero().squeeze(1)[:100]
         probabilities = logits[wrong].softmax(dim=1)
-        captions = [f"{classes[true]} {100 * p[true]:.0f}%\n"
-                    f"as {classes[guess]} {100 * p[guess]:.0f}%"
+        captions = [f"is {classes[true]} ({100 * p[true]:.0f}%)\n"
+                    f"said {classes[guess]} ({100 * p[guess]:.0f}%)"
                     for p, true, guess in zip(probabilities.tolist(), labels[wrong].tolist(),
                                               predictions[wrong].tolist())]
         images = pictures.to_pixels(test_set.images[wrong, 0], normalization)

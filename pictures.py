@@ -99,7 +99,9 @@ def confusion_heatmap(counts, classes):
 
 
 def captioned_digits(images, captions, columns=10):
-    """A grid of 28 x 28 images (uint8, white on black) with a caption under each."""
+    """A grid of 28 x 28 images (uint8, white on black), each captioned; for the
+    misclassified test images, with the model's probability for the true class
+    and for the one it said."""
     rows = max(1, -(-len(images) // columns))
     figure = Figure(figsize=(1.3 * columns, 1.55 * rows))
     grid = figure.subplots(rows, columns, squeeze=False)
@@ -111,7 +113,7 @@ def captioned_digits(images, captions, columns=10):
     return figure
 
 
-def augmentation_grid(originals, distortions):
+def augmentation_grid(originals, distortions, title=""):
     """Each row: a training image (uint8, 28 x 28), then random distortions of it."""
     rows, count = distortions.shape[:2]
     figure = Figure(figsize=(1.2 * (count + 1), 1.25 * rows))
@@ -124,6 +126,7 @@ def augmentation_grid(originals, distortions):
     grid[0, 0].set_title("original", fontsize=8)
     for column in range(1, count + 1):
         grid[0, column].set_title(f"random {column}", fontsize=8)
+    figure.suptitle(title, fontsize=9)
     return figure
 
 

@@ -546,7 +546,7 @@ def test_error_grid_draws_the_test_images_as_stored_with_probabilities(
     assert drawn["images"].dtype == torch.uint8
     assert torch.equal(drawn["images"], stored[:100])  # the first 100 errors, pixel for pixel
     first_true, first_guess = labels[0].item(), (labels[0].item() + 1) % 10
-    assert drawn["captions"][0] == f"{first_true} 3%\nas {first_guess} 70%"
+    assert drawn["captions"][0] == f"is {first_true} (3%)\nsaid {first_guess} (70%)"
     assert Image.open(tmp_path / "errors.png").format == "PNG"
 
 
@@ -879,7 +879,9 @@ def test_a_diverging_run_stops_and_keeps_the_previous_checkpoint(
     out.write_bytes(previous := open(checkpoint, "rb").read())
     code, stdout, err = run(capsys, train, "--data-dir", mnist, "--epochs", 3, "--val-size", 100,
                             "--device", "cpu", "--out", out, *flags)
-    assert_one_line_error(code, err, "diverged in epoch 1", "at step", "smaller --lr",
+    # The first step's loss is that of the untrained model; the update it makes
+    # blows the weights up, and the second step's loss shows it.
+    assert_one_line_error(code, err, "diverged in epoch 1", "at step 2 of 4", "smaller --lr",
                           "Nothing was saved")
     assert out.read_bytes() == previous
     assert "nan" not in stdout.lower()  # no epoch line with a NaN loss was printed
@@ -1129,8 +1131,9 @@ def test_show_augmentation_draws_each_class_and_trains_nothing(capsys, mnist, tm
                                                                monkeypatch):
     drawn = {}
     real_grid = pictures.augmentation_grid
-    monkeypatch.setattr(pictures, "augmentation_grid", lambda originals, distortions: drawn.update(
-        originals=originals, distortions=distortions) or real_grid(originals, distortions))
+    monkeypatch.setattr(pictures, "augmentation_grid", lambda originals, distortions, title:
+                        drawn.update(originals=originals, distortions=distortions, title=title)
+                        or real_grid(originals, distortions, title))
     picture = tmp_path / "augmentation.png"
     code, stdout, _ = run(capsys, train, "--data-dir", mnist, "--val-size", 0, "--rotation", 30,
                           "--device", "cpu", "--out", tmp_path / "m.pt",
@@ -1143,6 +1146,7 @@ def test_show_augmentation_draws_each_class_and_trains_nothing(capsys, mnist, tm
     first_of_each = [(labels[order] == digit).nonzero()[0, 0] for digit in range(10)]
     assert torch.equal(drawn["originals"], stored[order][torch.stack(first_of_each)])
     assert drawn["distortions"].shape == (10, 7, 28, 28)
+    assert drawn["title"].startswith("--rotation 30.0 --scale 0.05")
     assert not torch.equal(drawn["distortions"][:, 0], drawn["distortions"][:, 1])
 
 

@@ -1,9 +1,11 @@
-"""Train a multi-layer perceptron on MNIST.
+"""Train a multi-layer perceptron on MNIST (or Fashion-MNIST).
 
     python train.py --lr 1e-3 --epochs 5 --device cuda
+    python train.py --resume model.pt        # continue a run that was interrupted
 
-Prints one line per epoch and saves the trained model to model.pt (--out), which
-evaluate.py reads back. `python train.py --help` lists every hyperparameter.
+Prints one line per epoch and saves the model to model.pt (--out) after every
+epoch, which evaluate.py reads back. `python train.py --help` lists every
+hyperparameter. The lesson is in train_one_epoch: the training loop's six steps.
 """
 
 import argparse
@@ -165,19 +167,23 @@ def make_scheduler(optimizer, args, steps_per_epoch):
     return None
 
 
-def show_augmentation(train_set, normalization, path, distortions=7):
+def show_augmentation(args, train_set, normalization, distortions=7):
     """Draw the first training image of each class, then `distortions` random
-    distortions of it, as train_set.transform makes them."""
+    distortions of it as train_set.transform makes them, into the file that
+    --show-augmentation names."""
     import pictures  # only here: importing matplotlib takes a second or two
 
     first_of_each_class = [(train_set.labels == label).nonzero()[0, 0]
                            for label in train_set.labels.unique()]
     originals = train_set.images[torch.stack(first_of_each_class)]
     distorted = torch.stack([train_set.transform(originals) for _ in range(distortions)], 1)
-    pictures.save(pictures.augmentation_grid(pictures.to_pixels(originals[:, 0], normalization),
-                                             pictures.to_pixels(distorted[:, :, 0], normalization)),
-                  path)
-    print(f"wrote {path}")
+    flags = " ".join(as_flag(name, getattr(args, name)) for name in (
+        "rotation", "scale", "shift", "elastic_alpha", "elastic_sigma"))
+    figure = pictures.augmentation_grid(pictures.to_pixels(originals[:, 0], normalization),
+                                        pictures.to_pixels(distorted[:, :, 0], normalization),
+                                        title=flags)
+    pictures.save(figure, args.show_augmentation)
+    print(f"wrote {args.show_augmentation}")
 
 
 # ----------------------------------------------------------------------------
@@ -298,8 +304,6 @@ def save(args, model, normalization, history, state):
 
 def main(argv=None):
     args, checkpoint = parse_args(argv)
-    # A cluster's time limit or `kill` sends SIGTERM: end the run as Ctrl-C does.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
     torch.manual_seed(args.seed)  # the initial weights and dropout
     try:
         train_set, val_set, normalization = data.train_val_sets(
@@ -309,7 +313,7 @@ def main(argv=None):
     # The distortion has to know which value is black after normalization.
     train_set.transform = make_augmentation(args, normalization)
     if args.show_augmentation:
-        show_augmentation(train_set, normalization, args.show_augmentation)
+        show_augmentation(args, train_set, normalization)
         return
     shuffling = torch.Generator().manual_seed(args.seed)
     train_loader = data.make_loader(train_set, args.batch_size, generator=shuffling)
@@ -343,6 +347,8 @@ def main(argv=None):
           f"images ({len(val_set):,} held out for validation) on {args.device}"
           + (f", resuming after epoch {saved_epoch} of {args.epochs}" if checkpoint else ""))
     print("epoch  train loss  train acc  val loss   val acc     time   images/s")
+    # A cluster's time limit or `kill` sends SIGTERM: end the run as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         for epoch in range(saved_epoch + 1, args.epochs + 1):
             start = time.perf_counter()
