@@ -45,7 +45,10 @@ def raw_folder(root, dataset="mnist"):
 
 def read_idx(path, ndim):
     """Read an IDX file: a big-endian header (magic number, then one 32-bit size
-    per dimension) followed by uint8 values. Returns a uint8 tensor."""
+    per dimension) followed by uint8 values. Returns a uint8 tensor.
+
+    torchvision can read these files too, but a damaged one stops it with a bare
+    assertion; read here, every problem is named in one line the user can act on."""
     header_size = 4 + 4 * ndim
     try:
         with open(path, "rb") as f:
@@ -109,9 +112,15 @@ def load_split(root, dataset, split):
 
 def pixel_statistics(images):
     """The mean and standard deviation of the pixels in [0, 1], as the checkpoint
-    stores them: {"mean": 0.13.., "std": 0.30..} for MNIST's training images."""
-    pixels = images.double().div(255)  # double: a sum of 40 million floats
-    return {"mean": pixels.mean().item(), "std": pixels.std().item()}
+    stores them: {"mean": 0.1307, "std": 0.3081} for MNIST's training images.
+
+    Counted from how often each of the 256 grey levels occurs: exact, and without
+    a floating-point copy of 40 million pixels (a third of a gigabyte)."""
+    counts = torch.bincount(images.flatten(), minlength=256).double()
+    levels = torch.arange(256, dtype=torch.float64) / 255
+    mean = (counts * levels).sum() / counts.sum()
+    variance = (counts * (levels - mean) ** 2).sum() / (counts.sum() - 1)
+    return {"mean": mean.item(), "std": variance.sqrt().item()}
 
 
 def normalize(images, normalization):
