@@ -8,15 +8,6 @@ import warnings
 import torch
 from torch import nn
 
-CHECKPOINT_FORMAT = "mnist-mlp-checkpoint/2"
-# What a checkpoint holds besides "format", and of what type: the model's
-# constructor arguments and weights, the input normalization ({"mean", "std"}),
-# the data set and its class names, train.py's flags, its per-epoch metrics,
-# and, until the run is finished, what --resume needs to continue it.
-CHECKPOINT_FIELDS = {"config": dict, "state_dict": dict, "normalization": dict,
-                     "dataset": str, "classes": list, "train_args": dict, "metrics": list,
-                     "epochs_completed": int, "training_state": (dict, type(None))}
-
 
 class MLP(nn.Module):
     """A multi-layer perceptron: linear layers with a pointwise non-linearity in
@@ -60,6 +51,16 @@ def predict(model, loader):
 
 # ----------------------------------------------------------------------------
 # Checkpoints
+
+CHECKPOINT_FORMAT = "mnist-mlp-checkpoint/2"
+# What a checkpoint holds besides "format", and of what type: the model's
+# constructor arguments and weights, the input normalization ({"mean", "std"}),
+# the data set and its class names, train.py's flags, its per-epoch metrics,
+# and, until the run is finished, what --resume needs to continue it.
+CHECKPOINT_FIELDS = {"config": dict, "state_dict": dict, "normalization": dict,
+                     "dataset": str, "classes": list, "train_args": dict, "metrics": list,
+                     "epochs_completed": int, "training_state": (dict, type(None))}
+
 
 class CheckpointError(Exception):
     """A checkpoint file that cannot be used; the message says why."""
@@ -127,9 +128,8 @@ def load_checkpoint(path, device="cpu"):
     if invalid:
         raise CheckpointError(f"{path}: a train.py checkpoint, but its {', '.join(invalid)} "
                               f"{'is' if len(invalid) == 1 else 'are'} missing or invalid")
-    normalization = checkpoint.get("normalization")
-    if not (isinstance(normalization, dict)
-            and all(isinstance(normalization.get(key), float) for key in ("mean", "std"))
+    normalization = checkpoint["normalization"]
+    if not (all(isinstance(normalization.get(key), float) for key in ("mean", "std"))
             and normalization["std"] > 0):
         raise CheckpointError(f"{path}: the input normalization is missing or invalid")
     try:
