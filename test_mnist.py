@@ -25,7 +25,7 @@ import evaluate
 import pictures
 import predict as predict_script
 import train
-from model import CHECKPOINT_FIELDS, MLP, load_checkpoint, predict, save_checkpoint
+from model import CHECKPOINT_FIELDS, MLP, load_checkpoint, predict, replacing, save_checkpoint
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -256,6 +256,8 @@ def test_train_prints_one_line_per_epoch_and_saves(capsys, mnist, tmp_path):
     code, stdout, _ = run(capsys, train, "--data-dir", mnist, "--epochs", 3, "--hidden", 32,
                           "--val-size", 100, "--device", "cpu", "--out", out, "--log", log)
     assert code == 0
+    assert stdout.splitlines()[1].split() == ["epoch", "train", "loss", "train", "acc", "val",
+                                              "loss", "val", "acc", "time", "images/s"]
     epoch_lines = [line.split() for line in stdout.splitlines() if line.split()[0].isdigit()]
     assert [line[0] for line in epoch_lines] == ["1", "2", "3"]
     assert f"saved {out}" in stdout
@@ -904,6 +906,20 @@ def test_a_failing_save_is_one_line_and_keeps_the_previous_checkpoint(
     assert os.listdir(tmp_path) == ["m.pt"]
 
 
+def test_the_whole_file_is_on_disk_before_it_is_renamed(tmp_path, monkeypatch):
+    """fsync makes the data durable; it must see all of it, not what Python's
+    write buffer has passed on so far."""
+    sizes = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: sizes.append(os.fstat(fd).st_size)
+                        or real_fsync(fd))
+    with replacing(tmp_path / "report") as f:
+        for _ in range(1000):
+            f.write(b"0123456789")  # small writes, as torch.save and json make
+    assert sizes == [10000]
+    assert (tmp_path / "report").read_bytes() == b"0123456789" * 1000
+
+
 def test_saving_is_atomic(checkpoint, tmp_path, monkeypatch):
     out = tmp_path / "m.pt"
     out.write_bytes(previous := open(checkpoint, "rb").read())
@@ -953,8 +969,8 @@ def stop_after_epoch(process, epoch, signal_number):
 @pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGTERM])
 def test_a_run_killed_in_its_third_epoch_leaves_the_second(capsys, mnist, tmp_path,
                                                            signal_number):
-    out = tmp_path / "m.pt"
-    process = start_training(mnist, out, "--epochs", 6)
+    out, log = tmp_path / "m.pt", tmp_path / "log.csv"
+    process = start_training(mnist, out, "--epochs", 6, "--log", log)
     _, err = stop_after_epoch(process, 2, signal_number)
     if signal_number == signal.SIGTERM:
         assert_one_line_error(process.returncode, err, "interrupted", "after epoch 2 of 6",
@@ -963,7 +979,8 @@ def test_a_run_killed_in_its_third_epoch_leaves_the_second(capsys, mnist, tmp_pa
         assert process.returncode == -signal.SIGKILL and err == ""  # no chance to say a word
     saved = torch.load(out, weights_only=True)
     assert saved["epochs_completed"] == 2 and len(saved["metrics"]) == 2
-    assert os.listdir(tmp_path) == ["m.pt"]  # no temporary file left behind
+    assert sorted(os.listdir(tmp_path)) == ["log.csv", "m.pt"]  # no temporary file
+    assert len(log.read_text().splitlines()) == 3  # the header and both epochs
     code, stdout, _ = run(capsys, evaluate, out, "--data-dir", mnist)
     assert code == 0 and "the model after epoch 2 of 6 (the run is not finished)" in stdout
 

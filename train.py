@@ -365,10 +365,10 @@ def main(argv=None):
             save(args, model, normalization, history,
                  None if finished else training_state(optimizer, scheduler, generators))
             saved_epoch = epoch
-            print_epoch(history[-1])
             if log:
                 log.writerow(history[-1])
-                log_file.flush()
+                log_file.flush()  # on disk now: a kill loses nothing of this epoch
+            print_epoch(history[-1])
     except KeyboardInterrupt:
         if saved_epoch == 0:
             sys.exit("interrupted before the first epoch finished: nothing saved")
