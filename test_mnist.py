@@ -1054,6 +1054,20 @@ def test_resume_may_change_where_the_data_and_the_output_are(capsys, mnist, tmp_
     assert torch.load(out, weights_only=True)["epochs_completed"] == 1  # left as it was
 
 
+def test_a_run_moved_from_a_gpu_to_the_cpu_resumes(capsys, mnist, tmp_path, monkeypatch):
+    """A CUDA generator's state (16 bytes of Philox) cannot be set on a CPU
+    generator: the distortions continue from a fresh draw, and the run goes on."""
+    out = in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys)
+    from_a_gpu = torch.load(out, weights_only=True)
+    from_a_gpu["train_args"]["device"] = "cuda:0"
+    from_a_gpu["training_state"]["random"]["augmentation"] = torch.zeros(16, dtype=torch.uint8)
+    torch.save(from_a_gpu, out)
+    code, stdout, err = run(capsys, train, "--resume", out, "--data-dir", mnist, "--device", "cpu")
+    assert code == 0, err
+    assert "moves from cuda:0 to cpu" in stdout
+    assert torch.load(out, weights_only=True)["epochs_completed"] == 3
+
+
 def test_resuming_a_finished_run_says_so(capsys, checkpoint, mnist):
     before = open(checkpoint, "rb").read()
     code, stdout, _ = run(capsys, train, "--resume", checkpoint, "--data-dir", mnist)

@@ -279,7 +279,7 @@ def restore_training_state(state, optimizer, scheduler, generators):
     if scheduler:
         scheduler.load_state_dict(state["scheduler"])
     random_states = state["random"]
-    for name, generator in generators.items():
+    for name, generator in generators.items():  # those of the checkpoint's device
         generator.set_state(random_states[name])
     torch.set_rng_state(random_states["torch"])
     if torch.cuda.is_available() and "cuda" in random_states:
@@ -329,10 +329,18 @@ def main(argv=None):
 
     history = []  # one dict of metrics per epoch
     if checkpoint:
+        # A generator's state is only valid on its own kind of device: a run moved
+        # from a GPU to the CPU (or back) draws its distortions anew from here.
+        moved = str(checkpoint["train_args"]["device"]).split(":")[0] != args.device.type
+        restorable = {name: generator for name, generator in generators.items()
+                      if not (moved and name == "augmentation")}
+        if len(restorable) < len(generators):
+            print(f"note: the run moves from {checkpoint['train_args']['device']} to "
+                  f"{args.device}; its distortions will differ from the run's own")
         try:
             model.load_state_dict(checkpoint["state_dict"])
             restore_training_state(checkpoint["training_state"], optimizer, scheduler,
-                                   generators)
+                                   restorable)
         except (KeyError, TypeError, ValueError, RuntimeError):
             sys.exit(f"error: {args.resume}: its training state does not fit the run its "
                      f"flags describe; nothing was trained")
