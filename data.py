@@ -183,14 +183,14 @@ class RandomDistortion:
         grid = (affine.view(2 * batch, 3) @ self.pixels.T).view(batch, 2, IMAGE_SIZE, IMAGE_SIZE)
         if self.elastic_alpha > 0:
             grid = grid + self.elastic_field(batch)
-        # Pixels pulled in from outside the image are background (black), which is
-        # not 0 after normalization: shift so that it is, warp, shift back.
-        black = self.background
         # grid_sample wants [B, 28, 28, (x, y)] and reads the permuted view as it
         # is: copying it into a contiguous tensor first made the augmentation
         # cost a third more time in training on this project's CPU.
         grid = grid.permute(0, 2, 3, 1)
-        return F.grid_sample(images - black, grid, align_corners=False) + black
+        # Pixels pulled in from outside the image are background (black), which is
+        # not 0 after normalization: shift so that it is, warp, shift back.
+        shifted = images - self.background
+        return F.grid_sample(shifted, grid, align_corners=False) + self.background
 
     def elastic_field(self, batch):
         """Random displacements of every pixel, smoothed with a Gaussian so that

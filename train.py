@@ -286,6 +286,26 @@ def restore_training_state(state, optimizer, scheduler, generators):
         torch.cuda.set_rng_state_all(random_states["cuda"])
 
 
+def resume(checkpoint, args, model, optimizer, scheduler, generators):
+    """Put the run back where its checkpoint left it: weights, optimizer,
+    scheduler and random generators. Returns the metrics of the epochs done."""
+    # A generator's state is only valid on its own kind of device: a run moved
+    # from a GPU to the CPU (or back) draws its distortions anew from here.
+    moved = str(checkpoint["train_args"]["device"]).split(":")[0] != args.device.type
+    restorable = {name: generator for name, generator in generators.items()
+                  if not (moved and name == "augmentation")}
+    if len(restorable) < len(generators):
+        print(f"note: the run moves from {checkpoint['train_args']['device']} to "
+              f"{args.device}; its distortions will differ from the run's own")
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+        restore_training_state(checkpoint["training_state"], optimizer, scheduler, restorable)
+    except (KeyError, TypeError, ValueError, RuntimeError):
+        sys.exit(f"error: {args.resume}: its training state does not fit the run its flags "
+                 f"describe; nothing was trained")
+    return checkpoint["metrics"]
+
+
 def save(args, model, normalization, history, state):
     """Save the model after the last epoch of `history`; `state` is the training
     state for --resume, or None once the run is finished. One line on stderr, and
@@ -328,23 +348,8 @@ def main(argv=None):
         generators["augmentation"] = train_set.transform.generator
 
     history = []  # one dict of metrics per epoch
-    if checkpoint:
-        # A generator's state is only valid on its own kind of device: a run moved
-        # from a GPU to the CPU (or back) draws its distortions anew from here.
-        moved = str(checkpoint["train_args"]["device"]).split(":")[0] != args.device.type
-        restorable = {name: generator for name, generator in generators.items()
-                      if not (moved and name == "augmentation")}
-        if len(restorable) < len(generators):
-            print(f"note: the run moves from {checkpoint['train_args']['device']} to "
-                  f"{args.device}; its distortions will differ from the run's own")
-        try:
-            model.load_state_dict(checkpoint["state_dict"])
-            restore_training_state(checkpoint["training_state"], optimizer, scheduler,
-                                   restorable)
-        except (KeyError, TypeError, ValueError, RuntimeError):
-            sys.exit(f"error: {args.resume}: its training state does not fit the run its "
-                     f"flags describe; nothing was trained")
-        history = checkpoint["metrics"]
+    if checkpoint:  # --resume: the epochs done so far, and the state they left
+        history = resume(checkpoint, args, model, optimizer, scheduler, generators)
     log_file = open(args.log, "w", newline="") if args.log else None
     log = csv.DictWriter(log_file, fieldnames=METRICS) if log_file else None
     if log:
