@@ -136,20 +136,22 @@ def normalize(images, normalization):
 
 class RandomDistortion:
     """Data augmentation for a batch of normalized training images: each image
-    gets its own random rotation, scaling and shift and, if elastic_alpha > 0, an
-    elastic distortion (Simard et al., 2003). The whole batch is warped at once,
-    on its own device, by one grid_sample: no per-image Python work.
+    gets its own random rotation, scaling, horizontal shear and shift and, if
+    elastic_alpha > 0, an elastic distortion (Simard et al., 2003). The whole
+    batch is warped at once, on its own device, by one grid_sample: no
+    per-image Python work.
 
     background: the value of a black pixel after normalization, -mean / std;
     rotation: degrees, up to +-; scale: fraction, up to +-; shift: pixels, up to
     +-; elastic_alpha: pixels of displacement for the smoothed random field;
-    elastic_sigma: pixels, how smooth that field is."""
+    elastic_sigma: pixels, how smooth that field is; shear: degrees that
+    vertical strokes lean, up to +-."""
 
     def __init__(self, generator, background, rotation=10.0, scale=0.1, shift=2.0,
-                 elastic_alpha=0.0, elastic_sigma=4.0):
+                 elastic_alpha=0.0, elastic_sigma=4.0, shear=0.0):
         self.generator = generator  # on the images' device, seeded: reproducible
         self.background = background
-        self.rotation, self.scale, self.shift = rotation, scale, shift
+        self.rotation, self.scale, self.shift, self.shear = rotation, scale, shift, shear
         self.elastic_alpha = elastic_alpha
         device = generator.device
         # Every pixel centre as (x, y, 1), in grid_sample's units (-1 and 1 are
@@ -175,11 +177,17 @@ class RandomDistortion:
         angle = self.uniform(math.radians(self.rotation), batch)
         zoom = 1 + self.uniform(self.scale, batch)
         shift_x, shift_y = self.uniform(2 * self.shift / IMAGE_SIZE, 2, batch)
+        # Drawn only when asked for, after the others: without shear the random
+        # numbers, and so the distortions, are those of a version without it.
+        lean = (torch.tan(self.uniform(math.radians(self.shear), batch)) if self.shear
+                else torch.zeros_like(angle))
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-        # One 2 x 3 affine matrix per image, rows (cos, -sin, shift_x) and
-        # (sin, cos, shift_y); one matrix product applies them all to every pixel
-        # centre: where each output pixel reads the input, as x and y planes.
-        affine = torch.stack([cos, -sin, shift_x, sin, cos, shift_y], dim=1)
+        # One 2 x 3 affine matrix per image: the rotation and zoom (cos, -sin;
+        # sin, cos) times the shear (1, lean; 0, 1), then the shift. One matrix
+        # product applies them all to every pixel centre: where each output
+        # pixel reads the input, as x and y planes.
+        affine = torch.stack([cos, cos * lean - sin, shift_x,
+                              sin, sin * lean + cos, shift_y], dim=1)
         grid = (affine.view(2 * batch, 3) @ self.pixels.T).view(batch, 2, IMAGE_SIZE, IMAGE_SIZE)
         if self.elastic_alpha > 0:
             grid = grid + self.elastic_field(batch)

@@ -51,6 +51,9 @@ def make_parser():
                        help="passes over the training images")
     optim.add_argument("--label-smoothing", type=cli.fraction, default=0.1,
                        help="spread this much of each target over the other classes")
+    optim.add_argument("--ema", type=cli.fraction, default=0.0, metavar="DECAY",
+                       help="validate and save a moving average of the weights, updated "
+                            "after every step with this decay, e.g. 0.999 (0: off)")
     augment = parser.add_argument_group("data augmentation (training images only)")
     augment.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                          help="distort every training image anew each time it is used")
@@ -58,6 +61,8 @@ def make_parser():
                          help="random rotation, up to this many degrees either way")
     augment.add_argument("--scale", type=cli.fraction, default=0.05,
                          help="random scaling, up to this fraction either way")
+    augment.add_argument("--shear", type=cli.nonnegative_float, default=0.0,
+                         help="random horizontal shear, up to this many degrees either way")
     augment.add_argument("--shift", type=cli.nonnegative_float, default=1.0,
                          help="random shift, up to this many pixels either way")
     augment.add_argument("--elastic-alpha", type=cli.nonnegative_float, default=0.0,
@@ -140,7 +145,8 @@ def make_augmentation(args, normalization):
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     background = -normalization["mean"] / normalization["std"]  # a black pixel
     return data.RandomDistortion(generator, background, args.rotation, args.scale,
-                                 args.shift, args.elastic_alpha, args.elastic_sigma)
+                                 args.shift, args.elastic_alpha, args.elastic_sigma,
+                                 args.shear)
 
 
 def make_optimizer(model, args):
@@ -152,6 +158,16 @@ def make_optimizer(model, args):
     optimizer_class = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[args.optimizer]
     return optimizer_class(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                            fused=True)
+
+
+def make_averaged(model, args):
+    """The exponential moving average of the weights that --ema asks for, or None.
+    Averaging the weights of the last few thousand steps smooths out the noise
+    of the single steps; the average is what gets validated and saved."""
+    if not args.ema:
+        return None
+    swa_utils = torch.optim.swa_utils
+    return swa_utils.AveragedModel(model, multi_avg_fn=swa_utils.get_ema_multi_avg_fn(args.ema))
 
 
 def make_scheduler(optimizer, args, steps_per_epoch):
@@ -178,7 +194,7 @@ def show_augmentation(args, train_set, normalization, distortions=7):
     originals = train_set.images[torch.stack(first_of_each_class)]
     distorted = torch.stack([train_set.transform(originals) for _ in range(distortions)], 1)
     flags = " ".join(as_flag(name, getattr(args, name)) for name in (
-        "rotation", "scale", "shift", "elastic_alpha", "elastic_sigma"))
+        "rotation", "scale", "shear", "shift", "elastic_alpha", "elastic_sigma"))
     figure = pictures.augmentation_grid(pictures.to_pixels(originals[:, 0], normalization),
                                         pictures.to_pixels(distorted[:, :, 0], normalization),
                                         title=flags)
@@ -198,8 +214,9 @@ class Diverged(Exception):
 DIVERGED_LOSS = 1000.0
 
 
-def train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler=None):
+def train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler=None, averaged=None):
     """One pass over the training set. Returns the mean loss and the accuracy.
+    `averaged` (an AveragedModel, for --ema) follows the weights after every step.
 
     The running totals stay on the device and are read once, at the end: reading
     a number from a GPU at every step would make the CPU wait for it each time."""
@@ -215,6 +232,8 @@ def train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler=None):
         optimizer.step()                                      # 6. gradient descent step
         if scheduler is not None:
             scheduler.step()
+        if averaged is not None:
+            averaged.update_parameters(model)
         step_losses[step] = loss.detach()
         correct += (logits.argmax(dim=1) == labels).sum()
     blown_up = (~(step_losses < DIVERGED_LOSS)).nonzero()  # NaN < x is False: caught too
@@ -259,22 +278,30 @@ def print_epoch(metrics):
 # ----------------------------------------------------------------------------
 # Checkpoints that a run can continue from
 
-def training_state(optimizer, scheduler, generators):
-    """Everything besides the weights that the next epoch depends on: the
-    optimizer's moment estimates, the scheduler's step count and the state of
-    every random generator. Tensors and plain data, as a checkpoint must be."""
+def training_state(model, averaged, optimizer, scheduler, generators):
+    """Everything besides the saved weights that the next epoch depends on: the
+    optimizer's moment estimates, the scheduler's step count, the state of every
+    random generator and, with --ema, the trained weights (the saved ones are
+    their average). Tensors and plain data, as a checkpoint must be."""
     random_states = {name: generator.get_state() for name, generator in generators.items()}
     random_states["torch"] = torch.get_rng_state()  # dropout draws from the global generator
     if torch.cuda.is_available():
         random_states["cuda"] = torch.cuda.get_rng_state_all()
     return {"optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict() if scheduler else None,
-            "random": random_states}
+            "random": random_states,
+            "averaging": None if averaged is None else {"weights": model.state_dict(),
+                                                        "steps": averaged.n_averaged}}
 
 
-def restore_training_state(state, optimizer, scheduler, generators):
-    """Undo training_state: the next epoch then draws the same shuffling,
-    distortions and dropout as it would have in the run never interrupted."""
+def restore_training_state(state, model, averaged, optimizer, scheduler, generators):
+    """Undo training_state, `model` holding the saved weights: the next epoch
+    then draws the same shuffling, distortions and dropout, from the same
+    weights, as it would have in the run never interrupted."""
+    if averaged is not None:
+        averaged.module.load_state_dict(model.state_dict())
+        model.load_state_dict(state["averaging"]["weights"])
+        averaged.n_averaged.copy_(state["averaging"]["steps"])
     optimizer.load_state_dict(state["optimizer"])
     if scheduler:
         scheduler.load_state_dict(state["scheduler"])
@@ -286,9 +313,9 @@ def restore_training_state(state, optimizer, scheduler, generators):
         torch.cuda.set_rng_state_all(random_states["cuda"])
 
 
-def resume(checkpoint, args, model, optimizer, scheduler, generators):
-    """Put the run back where its checkpoint left it: weights, optimizer,
-    scheduler and random generators. Returns the metrics of the epochs done."""
+def resume(checkpoint, args, model, averaged, optimizer, scheduler, generators):
+    """Put the run back where its checkpoint left it: weights (and their
+    average), optimizer, scheduler and random generators. Returns the metrics of the epochs done."""
     # A generator's state is only valid on its own kind of device: a run moved
     # from a GPU to the CPU (or back) draws its distortions anew from here.
     moved = str(checkpoint["train_args"]["device"]).split(":")[0] != args.device.type
@@ -299,7 +326,8 @@ def resume(checkpoint, args, model, optimizer, scheduler, generators):
               f"{args.device}; its distortions will differ from the run's own")
     try:
         model.load_state_dict(checkpoint["state_dict"])
-        restore_training_state(checkpoint["training_state"], optimizer, scheduler, restorable)
+        restore_training_state(checkpoint["training_state"], model, averaged, optimizer,
+                               scheduler, restorable)
     except (KeyError, TypeError, ValueError, RuntimeError):
         sys.exit(f"error: {args.resume}: its training state does not fit the run its flags "
                  f"describe; nothing was trained")
@@ -342,6 +370,9 @@ def main(argv=None):
     model = MLP(args.hidden, args.dropout).to(args.device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     optimizer = make_optimizer(model, args)
+    averaged = make_averaged(model, args)
+    # The model that is validated and saved: the trained one, or its average.
+    kept_model = model if averaged is None else averaged.module
     scheduler = make_scheduler(optimizer, args, len(train_loader))
     generators = {"shuffling": shuffling}
     if train_set.transform:
@@ -349,7 +380,7 @@ def main(argv=None):
 
     history = []  # one dict of metrics per epoch
     if checkpoint:  # --resume: the epochs done so far, and the state they left
-        history = resume(checkpoint, args, model, optimizer, scheduler, generators)
+        history = resume(checkpoint, args, model, averaged, optimizer, scheduler, generators)
     log_file = open(args.log, "w", newline="") if args.log else None
     log = csv.DictWriter(log_file, fieldnames=METRICS) if log_file else None
     if log:
@@ -366,17 +397,17 @@ def main(argv=None):
         for epoch in range(saved_epoch + 1, args.epochs + 1):
             start = time.perf_counter()
             train_loss, train_accuracy = train_one_epoch(model, train_loader, loss_fn,
-                                                         optimizer, scheduler)
+                                                         optimizer, scheduler, averaged)
             train_seconds = time.perf_counter() - start
-            val_loss, val_accuracy = validate(model, val_loader)
+            val_loss, val_accuracy = validate(kept_model, val_loader)
             history.append(dict(zip(METRICS, (
                 epoch, train_loss, train_accuracy, val_loss, val_accuracy,
                 time.perf_counter() - start, len(train_set) / train_seconds))))
             # Saved every epoch, so that a kill or a power cut loses one epoch at
             # most; the training state is left out of the finished model.
             finished = epoch == args.epochs
-            save(args, model, normalization, history,
-                 None if finished else training_state(optimizer, scheduler, generators))
+            save(args, kept_model, normalization, history, None if finished else
+                 training_state(model, averaged, optimizer, scheduler, generators))
             saved_epoch = epoch
             if log:
                 log.writerow(history[-1])
