@@ -7,8 +7,10 @@ command-line tests call a script's main() in this process, exactly as
 few run the real command line in a subprocess.
 """
 
+import argparse
 import errno
 import json
+import math
 import os
 import signal
 import subprocess
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 import benchmark
+import cli
 import data
 import evaluate
 import pictures
@@ -210,7 +213,8 @@ def test_wrong_label_dtypes_fail_or_change_meaning():
     labels = torch.tensor([1, 2, 3, 4])
     # float or int32 class indices are refused outright ...
     for wrong in (labels.float(), labels.int()):
-        with pytest.raises(RuntimeError, match="target dtype"):
+        # (the message differs between torch versions)
+        with pytest.raises(RuntimeError, match="target dtype|expected scalar type Long"):
             F.cross_entropy(logits, wrong)
     # ... and float targets of shape (N, C) are read as class probabilities.
     one_hot = F.one_hot(labels, 10).float()
@@ -392,6 +396,53 @@ def test_the_scheduler_steps_once_per_batch(mnist):
     assert optimizer.param_groups[0]["lr"] == 0.25
 
 
+def test_ema_averages_the_weights_after_every_step(mnist):
+    """--ema d: the average starts at the weights after the first step, then
+    a <- d a + (1 - d) w after each further step; the trained weights go on
+    as they would without it."""
+    torch.manual_seed(0)
+    model, plain = MLP([16]), MLP([16])
+    plain.load_state_dict(model.state_dict())
+    loader, loss_fn = two_batch_loader(mnist), torch.nn.CrossEntropyLoss()
+    averaged = train.make_averaged(model, argparse.Namespace(ema=0.9))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    after_each_step = []
+    real_step = optimizer.step
+    optimizer.step = lambda: (real_step(), after_each_step.append(
+        [parameter.detach().clone() for parameter in model.parameters()]))
+    train.train_one_epoch(model, loader, loss_fn, optimizer, averaged=averaged)
+    train.train_one_epoch(plain, loader, loss_fn, torch.optim.SGD(plain.parameters(), lr=0.5))
+    first, second = after_each_step
+    for average, w1, w2 in zip(averaged.module.parameters(), first, second):
+        assert torch.allclose(average, 0.9 * w1 + 0.1 * w2, atol=1e-6)
+    for trained, without in zip(model.parameters(), plain.parameters()):
+        assert torch.equal(trained, without)
+    assert train.make_averaged(model, argparse.Namespace(ema=0.0)) is None
+
+
+def test_ema_run_validates_and_saves_the_average(capsys, mnist, tmp_path, monkeypatch):
+    out = tmp_path / "run.pt"
+    real_epoch, epochs = train.train_one_epoch, []
+
+    def interrupt_the_third(*args, **kwargs):
+        epochs.append(1)
+        if len(epochs) == 3:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", interrupt_the_third)
+    code, _, err = run(capsys, train, "--data-dir", mnist, "--out", out, *RESUMABLE_RUN,
+                       "--ema", 0.5, "--epochs", 4)
+    assert code == 1 and "after epoch 2" in err
+    model, checkpoint = load_checkpoint(out)
+    trained = checkpoint["training_state"]["averaging"]["weights"]
+    assert any(not torch.equal(trained[name], weights)
+               for name, weights in checkpoint["state_dict"].items())
+    _, val_set, _ = data.train_val_sets(mnist, "mnist", 100, 0, torch.device("cpu"))
+    assert train.validate(model, data.make_loader(val_set, 1000)) == pytest.approx(
+        (checkpoint["metrics"][-1]["val_loss"], checkpoint["metrics"][-1]["val_accuracy"]))
+
+
 def test_training_switches_dropout_back_on_after_evaluation(mnist):
     """predict() (validation) puts the model in eval mode; the next epoch must
     train with dropout again: its loss is then not the eval-mode loss."""
@@ -458,6 +509,38 @@ def test_each_image_gets_its_own_random_transform():
         augmented = distortion(**strengths)(batch)
         differences = (augmented[1:] - augmented[0]).abs().flatten(1).amax(dim=1)
         assert (differences > 1e-3).all(), strengths
+
+
+def test_shear_leans_vertical_strokes_and_nothing_else():
+    """A vertical line, sheared alone, becomes a straight line that leans by up
+    to --shear degrees, each image its own way; its middle row stays put."""
+    line = torch.zeros(64, 1, 28, 28)
+    line[..., 4:24, 13:15] = 1.0
+    sheared = distortion(rotation=0, scale=0, shift=0, shear=30)(line)
+    rows = torch.arange(4, 24, dtype=torch.float32)
+    ink = sheared[:, 0, 4:24]  # [64, 20 rows, 28 columns]
+    columns = (ink * torch.arange(28.0)).sum(2) / ink.sum(2)  # where each row's ink is
+    slope = ((rows - rows.mean()) * (columns - columns.mean(1, keepdim=True))).sum(1) / (
+        (rows - rows.mean()) ** 2).sum()
+    straight = columns - columns.mean(1, keepdim=True) - slope[:, None] * (rows - rows.mean())
+    assert straight.abs().max() < 0.1  # still a straight line ...
+    assert slope.abs().max() <= math.tan(math.radians(30)) + 0.01  # ... leaning at most 30 degrees
+    assert (slope > 0.3).any() and (slope < -0.3).any()  # both ways
+    assert torch.allclose(sheared.sum((1, 2, 3)), line.sum((1, 2, 3)), rtol=0.02)
+
+
+def test_without_shear_the_distortions_draw_the_same_random_numbers():
+    """--shear 0 draws nothing for it: the rest of the distortion, and the
+    generator's state after it, are those of a run with no shear at all."""
+    no_shear = distortion(shear=0.0)
+    no_shear(torch.randn(8, 1, 28, 28))
+    draws = torch.Generator().manual_seed(0)
+    for shape in ((8,), (8,), (2, 8)):  # angle, zoom, then the x and y shifts
+        torch.rand(*shape, generator=draws)
+    assert torch.equal(no_shear.generator.get_state(), draws.get_state())
+    sheared = distortion(shear=10.0)  # where the shear's own draw would show
+    sheared(torch.randn(8, 1, 28, 28))
+    assert not torch.equal(sheared.generator.get_state(), draws.get_state())
 
 
 def test_zero_strength_is_the_identity():
@@ -532,7 +615,7 @@ def test_error_grid_draws_the_test_images_as_stored_with_probabilities(
 
     def always_wrong(model, loader):  # every prediction one class off, 70 % sure
         _, labels = real_predict(model, loader)
-        logits = torch.zeros(len(labels), 10)
+        logits = torch.zeros(len(labels), 10, device=labels.device)
         logits[torch.arange(len(labels)), (labels + 1) % 10] = torch.tensor(0.7 * 9 / 0.3).log()
         return logits, labels
 
@@ -990,13 +1073,14 @@ def timeless(metrics):
             for row in metrics]
 
 
+@pytest.mark.parametrize("flags", [[], ["--ema", "0.5"]])
 def test_an_interrupted_run_resumed_ends_bit_identical_to_one_never_interrupted(
-        capsys, mnist, tmp_path):
+        capsys, mnist, tmp_path, flags):
     straight, resumed = tmp_path / "straight.pt", tmp_path / "resumed.pt"
     code, _, err = run(capsys, train, "--data-dir", mnist, "--out", straight, *RESUMABLE_RUN,
-                       "--epochs", 4)
+                       "--epochs", 4, *flags)
     assert code == 0, err
-    process = start_training(mnist, resumed, "--epochs", 4)
+    process = start_training(mnist, resumed, "--epochs", 4, *flags)
     stop_after_epoch(process, 2, signal.SIGTERM)
     assert torch.load(resumed, weights_only=True)["epochs_completed"] == 2
     finished = run_command("train.py", "--resume", resumed, "--data-dir", mnist,
@@ -1025,10 +1109,10 @@ def in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys):
         return real_epoch(*args, **kwargs)
 
     monkeypatch.setattr(train, "train_one_epoch", interrupt_the_second)
-    code, _, _ = run(capsys, train, "--data-dir", mnist, "--out", out, *RESUMABLE_RUN,
-                     "--epochs", 3)
+    code, _, err = run(capsys, train, "--data-dir", mnist, "--out", out, *RESUMABLE_RUN,
+                       "--epochs", 3)
     monkeypatch.setattr(train, "train_one_epoch", real_epoch)
-    assert code == 1
+    assert code == 1 and "after epoch 1 of 3" in err, err
     return out
 
 
@@ -1052,6 +1136,24 @@ def test_resume_may_change_where_the_data_and_the_output_are(capsys, mnist, tmp_
     assert code == 0, err
     assert torch.load(elsewhere, weights_only=True)["epochs_completed"] == 3
     assert torch.load(out, weights_only=True)["epochs_completed"] == 1  # left as it was
+
+
+def test_resume_stays_on_the_runs_own_device_unless_told(capsys, mnist, tmp_path,
+                                                         monkeypatch):
+    """A CPU run resumed where there is a GPU stays on the CPU (where --device's
+    default would pick the GPU); a GPU run resumed where there is none goes on
+    the CPU."""
+    out = in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert train.parse_args(["--resume", str(out)])[0].device == torch.device("cpu")
+    assert train.parse_args(["--resume", str(out), "--device", "cuda"])[0].device == \
+        torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    from_a_gpu = torch.load(out, weights_only=True)
+    from_a_gpu["train_args"]["device"] = "cuda:0"
+    torch.save(from_a_gpu, out)
+    assert train.parse_args(["--resume", str(out)])[0].device == cli.device("auto")
 
 
 def test_a_run_moved_from_a_gpu_to_the_cpu_resumes(capsys, mnist, tmp_path, monkeypatch):

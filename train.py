@@ -124,9 +124,20 @@ def parse_args(argv=None):
             parser.error(f"{as_flag(name, value)} would change the run in {args.resume} "
                          f"({as_flag(name, stored[name])}), which --resume continues as it "
                          f"was: leave {as_flag(name, value).split()[0]} out")
-    args = argparse.Namespace(**{**stored, "device": args.device, "out": args.resume,
+    device = stored_device_or(args.device, stored["device"])
+    args = argparse.Namespace(**{**stored, "device": device, "out": args.resume,
                                  "resume": args.resume, **given})
     return args, checkpoint
+
+
+def stored_device_or(device, stored):
+    """The device a resumed run goes on without --device: its own, if this
+    machine has it (a CPU run stays on the CPU where there is a GPU too), else
+    --device's default."""
+    try:
+        return cli.device(stored)
+    except argparse.ArgumentTypeError:
+        return device
 
 
 def as_flag(name, value):
