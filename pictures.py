@@ -2,9 +2,11 @@
 
     python pictures.py model.pt                  # curves.png and weights.png
     python pictures.py model.pt --curves c.png --weights w.png
+    python pictures.py --against-time time.png default.pt quick.pt best.pt
 
-This file makes the pictures that need only the checkpoint: the learning curves
-from its per-epoch metrics, and the first layer's weights. The others are drawn
+This file makes the pictures that need only checkpoints: the learning curves
+from a run's per-epoch metrics, the first layer's weights, and the validation
+accuracy of several runs against their training time. The others are drawn
 where their data is: `evaluate.py --confusion` and `--errors` (the test set),
 `train.py --show-augmentation` (the distortion flags) and `predict.py --show`
 (your own images); their drawing functions are here too.
@@ -53,6 +55,33 @@ def learning_curves(metrics):
         axes.legend()
     figure.text(0.5, -0.04, "The training loss includes label smoothing, so it stays above "
                 "the validation loss's plain cross-entropy.", ha="center", fontsize=8)
+    return figure
+
+
+def accuracy_against_time(runs):
+    """Validation accuracy after each epoch against the minutes trained so far,
+    one line per run; `runs` maps a label to a checkpoint's metrics. The time is
+    the sum of the epochs' own seconds (training and validating), on a log scale:
+    a 10-second run and a half-hour one side by side."""
+    figure = Figure(figsize=(8, 4.5))
+    axes = figure.subplots()
+    finals = []
+    for label, metrics in runs.items():
+        minutes, elapsed = [], 0.0
+        for row in metrics:
+            elapsed += row["seconds"]
+            minutes.append(elapsed / 60)
+        accuracy = [100 * row["val_accuracy"] for row in metrics]
+        axes.plot(minutes, accuracy, marker="." if len(metrics) < 30 else None, label=label)
+        finals.append(accuracy[-1])
+    # The interesting part is near the top: the first epochs of a long run (or
+    # of a moving average of its weights) start far below where the runs end.
+    axes.set_ylim(min(finals) - 1.5, min(100, max(finals) + 0.3))
+    axes.set(xscale="log", xlabel="minutes of training (log scale)",
+             ylabel="validation accuracy (%)", title="validation accuracy against training time")
+    axes.xaxis.set_major_formatter("{x:g}")  # 0.1, 1, 10 rather than powers of ten
+    axes.grid(alpha=0.3, which="both")
+    axes.legend(loc="lower right", fontsize=8)
     return figure
 
 
@@ -152,19 +181,47 @@ def to_pixels(images, normalization):
 
 # ----------------------------------------------------------------------------
 
+def run_label(path, checkpoint):
+    """How accuracy_against_time names a run: file, net, epochs, minutes, result."""
+    metrics = checkpoint["metrics"]
+    minutes = sum(row["seconds"] for row in metrics) / 60
+    return (f"{path}: {checkpoint['config']['hidden']}, {len(metrics)} epochs, "
+            f"{minutes:.1f} min, {100 * metrics[-1]['val_accuracy']:.2f}%")
+
+
 def main(argv=None):
     parser = cli.ArgumentParser(description="Draw a checkpoint's learning curves and "
-                                            "first-layer weights.")
-    parser.add_argument("checkpoint", help="a model file written by train.py, e.g. model.pt")
+                                            "first-layer weights, or compare several runs.")
+    parser.add_argument("checkpoints", nargs="+", metavar="checkpoint",
+                        help="a model file written by train.py, e.g. model.pt "
+                             "(several with --against-time)")
     parser.add_argument("--curves", type=cli.png_file, default="curves.png", metavar="PNG",
                         help="where to draw the loss and accuracy per epoch")
     parser.add_argument("--weights", type=cli.png_file, default="weights.png", metavar="PNG",
                         help="where to draw the first layer's weights")
+    parser.add_argument("--against-time", type=cli.png_file, metavar="PNG",
+                        help="instead, draw the validation accuracy of every checkpoint "
+                             "given against its training time")
     args = parser.parse_args(argv)
+    if len(args.checkpoints) > 1 and not args.against_time:
+        parser.error("several checkpoints are compared with --against-time PNG")
     try:
-        model, checkpoint = load_checkpoint(args.checkpoint)
+        loaded = {path: load_checkpoint(path) for path in args.checkpoints}
     except CheckpointError as error:
         sys.exit(f"error: {error}")
+    if args.against_time:
+        unvalidated = [path for path, (_, checkpoint) in loaded.items()
+                       if not checkpoint["metrics"]
+                       or checkpoint["metrics"][-1]["val_accuracy"] is None]
+        if unvalidated:
+            sys.exit(f"error: {unvalidated[0]}: trained without a validation split "
+                     f"(--val-size 0), so there is no validation accuracy to draw")
+        save(accuracy_against_time({run_label(path, checkpoint): checkpoint["metrics"]
+                                    for path, (_, checkpoint) in loaded.items()}),
+             args.against_time)
+        print(f"wrote {args.against_time} ({len(loaded)} run{'s' * (len(loaded) > 1)})")
+        return
+    model, checkpoint = loaded[args.checkpoints[0]]
     save(learning_curves(checkpoint["metrics"]), args.curves)
     print(f"wrote {args.curves} ({len(checkpoint['metrics'])} epochs)")
     weight = model.hidden_layers[0].weight  # [units, 784]

@@ -1255,6 +1255,29 @@ def test_pictures_draws_curves_and_weights_from_a_checkpoint(capsys, checkpoint,
         assert Image.open(picture).format == "PNG"
 
 
+def test_accuracy_against_time_draws_each_run_at_its_cumulative_minutes():
+    fast = [{"seconds": 6.0, "val_accuracy": 0.97}, {"seconds": 6.0, "val_accuracy": 0.98}]
+    slow = [{"seconds": 60.0, "val_accuracy": 0.95 + i / 100} for i in range(4)]
+    figure = pictures.accuracy_against_time({"fast": fast, "slow": slow})
+    axes = figure.axes[0]
+    (fast_line, slow_line) = axes.lines
+    assert list(fast_line.get_xdata()) == pytest.approx([0.1, 0.2])
+    assert list(fast_line.get_ydata()) == pytest.approx([97, 98])
+    assert list(slow_line.get_xdata()) == pytest.approx([1, 2, 3, 4])
+    assert list(slow_line.get_ydata()) == pytest.approx([95, 96, 97, 98])
+    assert [text.get_text() for text in axes.get_legend().get_texts()] == ["fast", "slow"]
+    assert axes.get_xscale() == "log"
+
+
+def test_pictures_against_time_compares_checkpoints(capsys, checkpoint, tmp_path):
+    picture, other = tmp_path / "time.png", tmp_path / "other.pt"
+    other.write_bytes(open(checkpoint, "rb").read())
+    code, stdout, _ = run(capsys, pictures, "--against-time", picture, checkpoint, other)
+    assert code == 0 and "(2 runs)" in stdout and Image.open(picture).format == "PNG"
+    code, _, err = run(capsys, pictures, checkpoint, other)
+    assert_one_line_error(code, err, "--against-time")
+
+
 def test_pictures_of_a_bad_checkpoint_is_one_line(capsys, tmp_path):
     code, _, err = run(capsys, pictures, tmp_path / "missing.pt", "--curves", tmp_path / "c.png")
     assert_one_line_error(code, err, "no such file")
