@@ -1138,6 +1138,16 @@ def test_resume_may_change_where_the_data_and_the_output_are(capsys, mnist, tmp_
     assert torch.load(out, weights_only=True)["epochs_completed"] == 1  # left as it was
 
 
+def test_main_gives_sigterm_back_to_its_caller(capsys, mnist, tmp_path):
+    """Inside the run SIGTERM stops it as Ctrl-C does; after main returns, the
+    calling process (a notebook, these tests) has its own handler back."""
+    before = signal.getsignal(signal.SIGTERM)
+    code, _, err = run(capsys, train, "--data-dir", mnist, "--out", tmp_path / "m.pt",
+                       *RESUMABLE_RUN, "--epochs", 1)
+    assert code == 0, err
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_resume_stays_on_the_runs_own_device_unless_told(capsys, mnist, tmp_path,
                                                          monkeypatch):
     """A CPU run resumed where there is a GPU stays on the CPU (where --device's

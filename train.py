@@ -402,8 +402,9 @@ def main(argv=None):
           f"images ({len(val_set):,} held out for validation) on {args.device}"
           + (f", resuming after epoch {saved_epoch} of {args.epochs}" if checkpoint else ""))
     print("epoch  train loss  train acc  val loss   val acc     time   images/s")
-    # A cluster's time limit or `kill` sends SIGTERM: end the run as Ctrl-C does.
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # A cluster's time limit or `kill` sends SIGTERM: end the run as Ctrl-C does
+    # (until main returns: a notebook or test that calls main keeps its own).
+    on_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         for epoch in range(saved_epoch + 1, args.epochs + 1):
             start = time.perf_counter()
@@ -435,6 +436,7 @@ def main(argv=None):
         sys.exit(f"error: training diverged in epoch {epoch}: {where}. The learning rate "
                  f"{args.lr:g} is probably too large: try a smaller --lr. {kept}.")
     finally:
+        signal.signal(signal.SIGTERM, on_sigterm)
         if log_file:
             log_file.close()
 
