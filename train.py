@@ -326,7 +326,8 @@ def restore_training_state(state, model, averaged, optimizer, scheduler, generat
 
 def resume(checkpoint, args, model, averaged, optimizer, scheduler, generators):
     """Put the run back where its checkpoint left it: weights (and their
-    average), optimizer, scheduler and random generators. Returns the metrics of the epochs done."""
+    average), optimizer, scheduler and random generators. Returns the metrics
+    of the epochs done."""
     # A generator's state is only valid on its own kind of device: a run moved
     # from a GPU to the CPU (or back) draws its distortions anew from here.
     moved = str(checkpoint["train_args"]["device"]).split(":")[0] != args.device.type
