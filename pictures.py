@@ -81,7 +81,7 @@ def accuracy_against_time(runs):
              ylabel="validation accuracy (%)", title="validation accuracy against training time")
     axes.xaxis.set_major_formatter("{x:g}")  # 0.1, 1, 10 rather than powers of ten
     axes.grid(alpha=0.3, which="both")
-    axes.legend(loc="lower right", fontsize=8)
+    axes.legend(loc="upper left", fontsize=8)
     return figure
 
 
