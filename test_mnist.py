@@ -421,19 +421,7 @@ def test_ema_averages_the_weights_after_every_step(mnist):
 
 
 def test_ema_run_validates_and_saves_the_average(capsys, mnist, tmp_path, monkeypatch):
-    out = tmp_path / "run.pt"
-    real_epoch, epochs = train.train_one_epoch, []
-
-    def interrupt_the_third(*args, **kwargs):
-        epochs.append(1)
-        if len(epochs) == 3:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train, "train_one_epoch", interrupt_the_third)
-    code, _, err = run(capsys, train, "--data-dir", mnist, "--out", out, *RESUMABLE_RUN,
-                       "--ema", 0.5, "--epochs", 4)
-    assert code == 1 and "after epoch 2" in err
+    out = in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys, "--ema", 0.5)
     model, checkpoint = load_checkpoint(out)
     trained = checkpoint["training_state"]["averaging"]["weights"]
     assert any(not torch.equal(trained[name], weights)
@@ -1097,7 +1085,7 @@ def test_an_interrupted_run_resumed_ends_bit_identical_to_one_never_interrupted(
         "epoch", "1", "2", "3", "4"]
 
 
-def in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys):
+def in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys, *flags):
     """A run of 3 epochs interrupted (Ctrl-C) during its second."""
     out = tmp_path / "run.pt"
     real_epoch, epochs = train.train_one_epoch, []
@@ -1110,7 +1098,7 @@ def in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(train, "train_one_epoch", interrupt_the_second)
     code, _, err = run(capsys, train, "--data-dir", mnist, "--out", out, *RESUMABLE_RUN,
-                       "--epochs", 3)
+                       "--epochs", 3, *flags)
     monkeypatch.setattr(train, "train_one_epoch", real_epoch)
     assert code == 1 and "after epoch 1 of 3" in err, err
     return out
