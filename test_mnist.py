@@ -511,6 +511,7 @@ def test_shear_leans_vertical_strokes_and_nothing_else():
     slope = ((rows - rows.mean()) * (columns - columns.mean(1, keepdim=True))).sum(1) / (
         (rows - rows.mean()) ** 2).sum()
     straight = columns - columns.mean(1, keepdim=True) - slope[:, None] * (rows - rows.mean())
+    assert (columns.mean(1) - 13.5).abs().max() < 0.1  # through the middle, as before ...
     assert straight.abs().max() < 0.1  # still a straight line ...
     assert slope.abs().max() <= math.tan(math.radians(30)) + 0.01  # ... leaning at most 30 degrees
     assert (slope > 0.3).any() and (slope < -0.3).any()  # both ways
@@ -1274,6 +1275,11 @@ def test_pictures_against_time_compares_checkpoints(capsys, checkpoint, tmp_path
     assert code == 0 and "(2 runs)" in stdout and Image.open(picture).format == "PNG"
     code, _, err = run(capsys, pictures, checkpoint, other)
     assert_one_line_error(code, err, "--against-time")
+    unvalidated = torch.load(other, weights_only=True)
+    unvalidated["metrics"][-1]["val_accuracy"] = None  # as after --val-size 0
+    torch.save(unvalidated, other)
+    code, _, err = run(capsys, pictures, "--against-time", picture, checkpoint, other)
+    assert_one_line_error(code, err, "other.pt", "no validation accuracy")
 
 
 def test_pictures_of_a_bad_checkpoint_is_one_line(capsys, tmp_path):
