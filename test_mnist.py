@@ -1087,7 +1087,7 @@ def test_an_interrupted_run_resumed_ends_bit_identical_to_one_never_interrupted(
 
 
 def in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys, *flags):
-    """A run of 3 epochs interrupted (Ctrl-C) during its second."""
+    """A run of 3 epochs, with `flags` added, interrupted (Ctrl-C) during its second."""
     out = tmp_path / "run.pt"
     real_epoch, epochs = train.train_one_epoch, []
 
