@@ -555,6 +555,24 @@ def test_evaluation_and_validation_are_never_augmented(mnist, monkeypatch, tmp_p
     assert mnist_test_set(mnist).transform is None
 
 
+def test_clean_epochs_end_the_run_on_undistorted_images(capsys, mnist, tmp_path):
+    def train_three_epochs(name, *flags):
+        out = tmp_path / name
+        code, _, err = run(capsys, train, "--data-dir", mnist, "--epochs", 3, "--val-size", 100,
+                           "--elastic-alpha", 8, "--device", "cpu", "--out", out, *flags)
+        assert code == 0, err
+        checkpoint = torch.load(out, weights_only=True)
+        return timeless(checkpoint["metrics"]), checkpoint["state_dict"]
+
+    distorted, _ = train_three_epochs("distorted.pt")
+    last_clean, _ = train_three_epochs("last_clean.pt", "--clean-epochs", 1)
+    assert last_clean[:2] == distorted[:2] and last_clean[2] != distorted[2]
+    all_clean, weights = train_three_epochs("all_clean.pt", "--clean-epochs", 3)
+    never_distorted, expected = train_three_epochs("never.pt", "--no-augment")
+    assert all_clean == never_distorted
+    assert all(torch.equal(weights[name], expected[name]) for name in expected)
+
+
 # ----------------------------------------------------------------------------
 # Checkpoints and evaluate.py
 
@@ -655,6 +673,9 @@ def test_command_line_train_then_evaluate(mnist, tmp_path):
     (["--seed", "-1"], "--seed"),
     (["--optimizer", "rmsprop"], "--optimizer"),
     (["--scheduler", "warmup"], "--scheduler"),
+    (["--clean-epochs", "-1"], "--clean-epochs"),
+    (["--clean-epochs", "6", "--epochs", "5"], "--clean-epochs"),
+    (["--clean-epochs", "1", "--no-augment"], "--clean-epochs"),
     (["--device", "gpu"], "unknown device"),
     (["--device", "tpu:0"], "unknown device"),
     (["--unknown-flag"], "unrecognized"),
@@ -1062,7 +1083,7 @@ def timeless(metrics):
             for row in metrics]
 
 
-@pytest.mark.parametrize("flags", [[], ["--ema", "0.5"]])
+@pytest.mark.parametrize("flags", [[], ["--ema", "0.5"], ["--clean-epochs", "2"]])
 def test_an_interrupted_run_resumed_ends_bit_identical_to_one_never_interrupted(
         capsys, mnist, tmp_path, flags):
     straight, resumed = tmp_path / "straight.pt", tmp_path / "resumed.pt"

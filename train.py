@@ -69,6 +69,9 @@ def make_parser():
                          help="elastic distortion strength in pixels (0: none)")
     augment.add_argument("--elastic-sigma", type=cli.positive_float, default=4.0,
                          help="smoothness of the elastic distortion in pixels")
+    augment.add_argument("--clean-epochs", type=cli.nonnegative_int, default=0, metavar="N",
+                         help="train the last N epochs on the images as they are, "
+                              "undistorted (0: distort to the end)")
     augment.add_argument("--show-augmentation", type=cli.png_file, metavar="PNG",
                          help="draw a training image of each class beside random "
                               "distortions of it by these flags, then stop: no training")
@@ -102,6 +105,11 @@ def parse_args(argv=None):
     if args.show_augmentation and not args.augment:
         parser.error("argument --show-augmentation: there is nothing to show with --no-augment")
     if args.resume is None:
+        if args.clean_epochs and not args.augment:
+            parser.error("argument --clean-epochs: with --no-augment every epoch is clean")
+        if args.clean_epochs > args.epochs:
+            parser.error(f"argument --clean-epochs: {args.clean_epochs} is more than "
+                         f"--epochs {args.epochs}")
         return args, None
     try:
         _, checkpoint = load_checkpoint(args.resume)
@@ -371,7 +379,8 @@ def main(argv=None):
     except data.DataError as error:
         sys.exit(f"error: {error}")
     # The distortion has to know which value is black after normalization.
-    train_set.transform = make_augmentation(args, normalization)
+    augmentation = make_augmentation(args, normalization)
+    train_set.transform = augmentation
     if args.show_augmentation:
         show_augmentation(args, train_set, normalization)
         return
@@ -387,8 +396,8 @@ def main(argv=None):
     kept_model = model if averaged is None else averaged.module
     scheduler = make_scheduler(optimizer, args, len(train_loader))
     generators = {"shuffling": shuffling}
-    if train_set.transform:
-        generators["augmentation"] = train_set.transform.generator
+    if augmentation:
+        generators["augmentation"] = augmentation.generator
 
     history = []  # one dict of metrics per epoch
     if checkpoint:  # --resume: the epochs done so far, and the state they left
@@ -408,6 +417,11 @@ def main(argv=None):
     on_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         for epoch in range(saved_epoch + 1, args.epochs + 1):
+            # A distorted digit is not quite a test digit: the last --clean-epochs
+            # fit the weights to the images as they are (He et al. 2019, "Data
+            # augmentation revisited", refine on less-augmented data).
+            if epoch > args.epochs - args.clean_epochs:
+                train_set.transform = None
             start = time.perf_counter()
             train_loss, train_accuracy = train_one_epoch(model, train_loader, loss_fn,
                                                          optimizer, scheduler, averaged)
