@@ -2,7 +2,7 @@
 
     python pictures.py model.pt                  # curves.png and weights.png
     python pictures.py model.pt --curves c.png --weights w.png
-    python pictures.py --against-time time.png default.pt quick.pt long.pt
+    python pictures.py --against-time time.png default.pt quick.pt wide.pt
 
 This file makes the pictures that need only checkpoints: the learning curves
 from a run's per-epoch metrics, the first layer's weights, and the validation
