@@ -413,11 +413,34 @@ def test_ema_averages_the_weights_after_every_step(mnist):
     train.train_one_epoch(model, loader, loss_fn, optimizer, averaged=averaged)
     train.train_one_epoch(plain, loader, loss_fn, torch.optim.SGD(plain.parameters(), lr=0.5))
     first, second = after_each_step
-    for average, w1, w2 in zip(averaged.module.parameters(), first, second):
+    for average, w1, w2 in zip(averaged.model.parameters(), first, second):
         assert torch.allclose(average, 0.9 * w1 + 0.1 * w2, atol=1e-6)
     for trained, without in zip(model.parameters(), plain.parameters()):
         assert torch.equal(trained, without)
     assert train.make_averaged(model, argparse.Namespace(ema=0.0)) is None
+
+
+def test_ema_is_bit_identical_to_torchs_averaged_model(mnist):
+    """The hand-written average computes exactly what
+    swa_utils.AveragedModel with get_ema_multi_avg_fn computes (the runs
+    measured before it was written by hand stay reproducible)."""
+    torch.manual_seed(0)
+    model = MLP([32, 16])
+    ours = train.MovingAverage(model, 0.99)
+    swa_utils = torch.optim.swa_utils
+    torchs = swa_utils.AveragedModel(model, multi_avg_fn=swa_utils.get_ema_multi_avg_fn(0.99))
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for _ in range(3):
+        for images, labels in two_batch_loader(mnist):
+            optimizer.zero_grad()
+            loss_fn(model(images), labels).backward()
+            optimizer.step()
+            ours.update(model)
+            torchs.update_parameters(model)
+    assert ours.steps == int(torchs.n_averaged) == 6
+    for a, b in zip(ours.model.parameters(), torchs.module.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_ema_run_validates_and_saves_the_average(capsys, mnist, tmp_path, monkeypatch):
@@ -429,6 +452,24 @@ def test_ema_run_validates_and_saves_the_average(capsys, mnist, tmp_path, monkey
     _, val_set, _ = data.train_val_sets(mnist, "mnist", 100, 0, torch.device("cpu"))
     assert train.validate(model, data.make_loader(val_set, 1000)) == pytest.approx(
         (checkpoint["metrics"][-1]["val_loss"], checkpoint["metrics"][-1]["val_accuracy"]))
+
+
+def test_ema_run_resumes_from_a_checkpoint_that_counts_its_steps_in_a_tensor(
+        capsys, mnist, tmp_path, monkeypatch):
+    """Checkpoints written while --ema used AveragedModel hold the step count
+    as a tensor; they resume as those written now, with a number."""
+    out = in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys, "--ema", 0.5)
+    checkpoint = torch.load(out, weights_only=True)
+    steps = checkpoint["training_state"]["averaging"]["steps"]
+    assert isinstance(steps, int) and steps > 0
+    checkpoint["training_state"]["averaging"]["steps"] = torch.tensor(steps)
+    older = tmp_path / "older.pt"
+    torch.save(checkpoint, older)
+    for path in (out, older):
+        code, _, err = run(capsys, train, "--resume", path, "--data-dir", mnist)
+        assert code == 0, err
+    for name, weights in torch.load(out, weights_only=True)["state_dict"].items():
+        assert torch.equal(torch.load(older, weights_only=True)["state_dict"][name], weights)
 
 
 def test_training_switches_dropout_back_on_after_evaluation(mnist):
