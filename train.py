@@ -199,6 +199,8 @@ class MovingAverage:
 
     @torch.no_grad()
     def update(self, model):
+        # Parameters only: an MLP has no buffers (batch norm's running statistics
+        # would have to be copied or averaged too).
         for average, weights in zip(self.model.parameters(), model.parameters()):
             if self.steps == 0:
                 average.copy_(weights)
