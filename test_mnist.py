@@ -468,8 +468,10 @@ def test_ema_run_resumes_from_a_checkpoint_that_counts_its_steps_in_a_tensor(
     for path in (out, older):
         code, _, err = run(capsys, train, "--resume", path, "--data-dir", mnist)
         assert code == 0, err
-    for name, weights in torch.load(out, weights_only=True)["state_dict"].items():
-        assert torch.equal(torch.load(older, weights_only=True)["state_dict"][name], weights)
+    current, resumed_older = (torch.load(path, weights_only=True)["state_dict"]
+                              for path in (out, older))
+    for name, weights in current.items():
+        assert torch.equal(resumed_older[name], weights), name
 
 
 def test_training_switches_dropout_back_on_after_evaluation(mnist):
