@@ -170,8 +170,8 @@ def test_images_are_normalized_by_the_training_pixels_statistics(mnist):
     pixels[1] = 255
     statistics = data.pixel_statistics(pixels)
     assert statistics["mean"] == pytest.approx(0.875)
-    assert statistics["std"] == pytest.approx(torch.tensor([0.0] * 196 + [1.0] * 1372).std(),
-                                              rel=1e-6)
+    assert statistics["std"] == pytest.approx(
+        torch.tensor([0.0] * 196 + [1.0] * 1372).std().item(), rel=1e-6)
     images = data.normalize(pixels, statistics)
     assert images.shape == (2, 1, 28, 28)
     assert images.mean().item() == pytest.approx(0, abs=1e-6)
@@ -645,7 +645,7 @@ def test_evaluate_reports_accuracy_per_class_and_confusion(capsys, checkpoint, m
     assert matrix.shape == (10, 10) and matrix.sum() == 200
     assert matrix.diag().sum() == metrics["correct"]
     assert metrics["test_accuracy"] == pytest.approx(metrics["correct"] / 200)
-    assert metrics["per_class_accuracy"][3] == pytest.approx(matrix[3, 3] / matrix[3].sum())
+    assert metrics["per_class_accuracy"][3] == pytest.approx((matrix[3, 3] / matrix[3].sum()).item())
     assert "confusion matrix" in stdout
     assert "the model after epoch 2 of 2" in stdout
     for picture in (errors_file, confusion_file):
