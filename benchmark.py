@@ -77,7 +77,8 @@ def ours(args, root, augment=True):
     train_args = train.make_parser().parse_args(flags)
     train_set, _, normalization = data.train_val_sets(root, "mnist", 0, 0, args.device)
     train_set.transform = train.make_augmentation(train_args, normalization)
-    train_loader = data.make_loader(train_set, args.batch_size, torch.Generator().manual_seed(0))
+    train_loader = data.make_loader(train_set, args.batch_size, shuffle=True,
+                                   generator=torch.Generator().manual_seed(0))
     model = MLP(args.hidden).to(args.device)
     optimizer = train.make_optimizer(model, train_args)
     # A schedule long enough for every timed epoch.
@@ -193,4 +194,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -1,6 +1,7 @@
 """The command-line vocabulary the scripts share: a parser whose errors are one
-line, flag types that refuse bad values before any work starts, --device and
-output files.
+line, flag types that refuse bad values before any work starts, --device,
+output files written all or nothing, and a quiet end when output is piped
+into `head`.
 
 A value that argparse's `type=` function rejects with ArgumentTypeError becomes
 `script: error: argument --lr: must be ...` and exit status 2, so a typo costs
@@ -8,13 +9,13 @@ a second, not a training run.
 """
 
 import argparse
+import contextlib
 import math
 import os
+import sys
 import tempfile
 
 import torch
-
-from model import replacing
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -130,6 +131,32 @@ def output_folder(path):
     return path
 
 
+def as_flag(name, value):
+    """How the flag for argparse's `name` reads with `value`: --lr 0.001, --no-augment."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    return f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
+
+
+@contextlib.contextmanager
+def replacing(path):
+    """Open a temporary file in `path`'s folder for writing (binary) and, once
+    the block has written it without an error, rename it over `path`. A crash,
+    Ctrl-C or full disk midway leaves the previous file at `path` intact and no
+    temporary file behind. Checkpoints, reports and pictures are written this way."""
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename makes it visible
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
 def write_file(path, write):
     """Call write(file) to fill the output file `path`, all of it or nothing:
     through a temporary file, so that a full disk or Ctrl-C never leaves half a
@@ -148,3 +175,19 @@ def add_device_and_data_flags(parser):
     parser.add_argument("--data-dir", default="./data",
                         help="the data root: MNIST/raw/ (or FashionMNIST/raw/) is looked for "
                              "there, and downloaded there if missing")
+
+
+def run(main):
+    """Run a script's main(). Output piped into a reader that stops early
+    (`python evaluate.py model.pt | head -2`) ends quietly, as Unix tools do, and
+    Ctrl-C before a script has anything to save ends in one line."""
+    try:
+        main()
+        sys.stdout.flush()  # a closed pipe shows here, not at exit where it cannot be caught
+    except BrokenPipeError:
+        # Python's own advice: point stdout at /dev/null, or the interpreter's
+        # flush at exit hits the closed pipe again and prints a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit("interrupted")

@@ -8,6 +8,7 @@ converted once into one normalized float32 tensor on the training device, and a
 batch is a single `index_select` on it.
 """
 
+import contextlib
 import math
 import os
 
@@ -18,11 +19,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 IMAGE_SIZE = 28
 # Both data sets come in the same four files, each in torchvision's layout
 # <root>/<folder>/raw/, where <folder> is the name of torchvision's class for it.
+# "pixels": the mean and standard deviation of the training images' pixels in
+# [0, 1] (the test images' differ by less than 0.003), by which files of one data
+# set put in the other's folder are recognized.
 DATASETS = {
-    "mnist": {"folder": "MNIST", "classes": [str(digit) for digit in range(10)]},
+    "mnist": {"folder": "MNIST", "classes": [str(digit) for digit in range(10)],
+              "pixels": {"mean": 0.1307, "std": 0.3081}},
     "fashion-mnist": {"folder": "FashionMNIST",
                       "classes": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]},
+                                  "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+                      "pixels": {"mean": 0.2860, "std": 0.3530}},
 }
 NUM_CLASSES = 10
 FILES = {
@@ -72,16 +78,30 @@ def read_idx(path, ndim):
 
 def download(root, dataset):
     """Let torchvision's own class for the data set (MNIST or FashionMNIST) fetch
-    the four files into <root>/<folder>/raw."""
+    the four files into <root>/<folder>/raw. If that fails, what it made is
+    removed again: a mistyped --data-dir leaves no empty folders behind."""
     # Imported here, not at the top: importing torchvision takes about two seconds
     # and 175 MB, which every run would pay although the files are fetched once.
     import torchvision.datasets
 
     folder = DATASETS[dataset]["folder"]
+    raw = os.path.abspath(raw_folder(root, dataset))
+    new_folders = []  # those torchvision will make, deepest first
+    path = raw
+    while not os.path.exists(path):
+        new_folders.append(path)
+        path = os.path.dirname(path)
+    files_before = set(os.listdir(raw)) if os.path.isdir(raw) else set()
     try:
         for train in (True, False):
             getattr(torchvision.datasets, folder)(root, train=train, download=True)
     except Exception as error:  # no network, a mirror down, a read-only folder, ...
+        for name in (set(os.listdir(raw)) if os.path.isdir(raw) else set()) - files_before:
+            with contextlib.suppress(OSError):  # a half-downloaded archive
+                os.remove(os.path.join(raw, name))
+        for path in new_folders:
+            with contextlib.suppress(OSError):  # rmdir: only if nothing else is in it
+                os.rmdir(path)
         names = ", ".join(name for pair in FILES.values() for name in pair)
         reason = str(error).splitlines()[0].rstrip(":")
         raise DataError(
@@ -107,7 +127,21 @@ def load_split(root, dataset, split):
                         f"{len(labels)} labels")
     if len(labels) and labels.max() >= NUM_CLASSES:
         raise DataError(f"{label_file}: label {int(labels.max())} is not a class 0-9")
+    check_not_the_other_data_set(image_file, images, dataset)
     return images, labels
+
+
+def check_not_the_other_data_set(image_file, images, dataset):
+    """Refuse the files of one data set in the other's folder, whose labels fit
+    too and would train silently to a useless model: recognized by the mean and
+    standard deviation of their pixels."""
+    pixels = pixel_statistics(images)
+    for other, details in DATASETS.items():
+        known = details["pixels"]
+        if other != dataset and all(abs(pixels[key] - known[key]) < 0.01 for key in known):
+            raise DataError(f"{image_file} holds {other}'s images, not {dataset}'s (pixel mean "
+                            f"{pixels['mean']:.3f} and std {pixels['std']:.3f}, as {other}'s); "
+                            f"put {dataset}'s files there, or use --dataset {other}")
 
 
 def pixel_statistics(images):
@@ -213,14 +247,16 @@ class RandomDistortion:
 # Batches
 
 class MNISTTensors(Dataset):
-    """Images and labels held as tensors on one device. `__getitem__` takes a whole
-    batch of indices and returns the whole batch, optionally transformed (for
-    example augmented) on the fly.
+    """Images [N, 1, 28, 28] and labels [N] held as tensors on one device, each
+    batch optionally transformed (for example augmented) on the fly.
 
-    It needs a sampler that yields one tensor of indices per batch (BatchIndices,
-    below) and a DataLoader told not to batch again (batch_size=None): make_loader
-    puts the three together. With torch's default sampler, `__getitem__` would be
-    called once per image, which is what this class is here to avoid."""
+    `__getitem__` answers two ways. Given a tensor of indices it returns the
+    whole batch at once: the fast path, with a sampler that yields one tensor
+    of indices per batch (BatchIndices, below) and a DataLoader told not to
+    batch again (batch_size=None); make_loader puts the three together. Given
+    one integer it returns one image and its label, so that torch's stock
+    DataLoader(dataset, batch_size=64, shuffle=True) works too, one image at a
+    time and several times slower."""
 
     def __init__(self, images, labels, transform=None):
         self.images = images
@@ -230,42 +266,56 @@ class MNISTTensors(Dataset):
     def __len__(self):
         return len(self.labels)
 
-    def __getitem__(self, indices):
+    def __getitem__(self, index):
+        if not (isinstance(index, torch.Tensor) and index.dim() == 1):  # one image
+            images, labels = self[torch.tensor([int(index)], device=self.labels.device)]
+            return images[0], labels[0]
         # index_select copies whole rows; it is several times faster than
-        # images[indices], and far faster than indexing with a Python list.
-        images = self.images.index_select(0, indices)
+        # images[index], and far faster than indexing with a Python list.
+        images = self.images.index_select(0, index)
         if self.transform is not None:
             images = self.transform(images)
-        return images, self.labels.index_select(0, indices)
+        return images, self.labels.index_select(0, index)
+
+    def __getitems__(self, indices):
+        """What a DataLoader that batches for itself asks for: a list of samples.
+        Handed whole batches here, it would stack them into a batch of batches."""
+        if any(isinstance(index, torch.Tensor) and index.dim() == 1 for index in indices):
+            raise ValueError("this DataLoader would put whole batches into a batch: with "
+                             "sampler=BatchIndices(...) give it batch_size=None too, or "
+                             "use data.make_loader")
+        return [self[index] for index in indices]
 
 
 class BatchIndices(Sampler):
     """A batch sampler: yields one tensor of indices per batch, on the data's
-    device. With a generator the order is reshuffled every epoch; without one it
-    is 0, 1, 2, ... (evaluation). torch's own BatchSampler would yield Python
-    lists built one index at a time, copied to the device at every step."""
+    device. With shuffle, a new order every epoch, drawn from `generator` (torch's
+    global generator without one); without, 0, 1, 2, ... (evaluation). torch's
+    own BatchSampler would yield Python lists built one index at a time, copied
+    to the device at every step."""
 
-    def __init__(self, size, batch_size, device, generator=None):
+    def __init__(self, size, batch_size, device, shuffle, generator=None):
         self.size = size
         self.batch_size = batch_size
         self.device = device
+        self.shuffle = shuffle
         self.generator = generator
 
     def __len__(self):
         return math.ceil(self.size / self.batch_size)
 
     def __iter__(self):
-        if self.generator is None:
-            order = torch.arange(self.size, device=self.device)
-        else:  # drawn on the CPU, so a seed gives the same order on every device
+        if self.shuffle:  # drawn on the CPU, so a seed gives the same order on every device
             order = torch.randperm(self.size, generator=self.generator).to(self.device)
+        else:
+            order = torch.arange(self.size, device=self.device)
         return iter(order.split(self.batch_size))
 
 
-def make_loader(dataset, batch_size, generator=None):
-    """A DataLoader of (images float32 [B,1,28,28], labels int64 [B]) batches,
-    shuffled by `generator` if one is given."""
-    sampler = BatchIndices(len(dataset), batch_size, dataset.labels.device, generator)
+def make_loader(dataset, batch_size, shuffle, generator=None):
+    """A DataLoader of an MNISTTensors' (images float32 [B,1,28,28], labels int64
+    [B]) batches, in a new order every epoch if `shuffle` (for training)."""
+    sampler = BatchIndices(len(dataset), batch_size, dataset.labels.device, shuffle, generator)
     return DataLoader(dataset, sampler=sampler, batch_size=None)  # the sampler batches
 
 

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 import cli
 import data
-from model import CheckpointError, load_checkpoint, predict
+from checkpoint import CheckpointError, load_checkpoint
+from model import predict
 
 
 def parse_args(argv=None):
@@ -76,7 +77,7 @@ def main(argv=None):
           f"{checkpoint['epochs_completed']} of {epochs}"
           + (" (the run is not finished)" if checkpoint["training_state"] else "") + "\n")
 
-    logits, labels = predict(model, data.make_loader(test_set, batch_size=1000))
+    logits, labels = predict(model, data.make_loader(test_set, batch_size=1000, shuffle=False))
     predictions = logits.argmax(dim=1)  # the class with the largest logit
     correct = predictions == labels
     counts = confusion_matrix(labels, predictions)
@@ -116,4 +117,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -22,11 +22,12 @@ for importing matplotlib.
 import sys
 
 import matplotlib
+import torch
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 import cli
-from model import CheckpointError, load_checkpoint
+from checkpoint import CheckpointError, load_checkpoint
 
 
 def save(figure, path):
@@ -159,6 +160,22 @@ def augmentation_grid(originals, distortions, title=""):
     return figure
 
 
+def show_augmentation(args, train_set, normalization, distortions=7):
+    """train.py --show-augmentation: the first training image of each class,
+    then `distortions` random distortions of it as train_set.transform makes
+    them, drawn into the file that the flag names."""
+    first_of_each_class = [(train_set.labels == label).nonzero()[0, 0]
+                           for label in train_set.labels.unique()]
+    originals = train_set.images[torch.stack(first_of_each_class)]
+    distorted = torch.stack([train_set.transform(originals) for _ in range(distortions)], 1)
+    flags = " ".join(cli.as_flag(name, getattr(args, name)) for name in (
+        "rotation", "scale", "shear", "shift", "elastic_alpha", "elastic_sigma"))
+    figure = augmentation_grid(to_pixels(originals[:, 0], normalization),
+                               to_pixels(distorted[:, :, 0], normalization), title=flags)
+    save(figure, args.show_augmentation)
+    print(f"wrote {args.show_augmentation}")
+
+
 def what_the_model_saw(original, prepared, caption):
     """An image as given (a PIL image) beside the 28 x 28 the model read."""
     figure = Figure(figsize=(7, 3.6))
@@ -230,4 +247,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 import cli
-from model import CheckpointError, load_checkpoint
+from checkpoint import CheckpointError, load_checkpoint
 
 # 100 megapixels (say 11,500 x 8,700) is more than a phone photo; anything larger
 # is not a photo of a digit, and decoding it could take gigabytes. (PIL itself

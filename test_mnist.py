@@ -7,7 +7,6 @@ command-line tests call a script's main() in this process, exactly as
 few run the real command line in a subprocess.
 """
 
-import argparse
 import errno
 import json
 import math
@@ -28,7 +27,10 @@ import evaluate
 import pictures
 import predict as predict_script
 import train
-from model import CHECKPOINT_FIELDS, MLP, load_checkpoint, predict, replacing, save_checkpoint
+from averaging import MovingAverage
+from checkpoint import CHECKPOINT_FIELDS, load_checkpoint, save_checkpoint
+from cli import replacing
+from model import MLP, predict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -142,25 +144,28 @@ def test_the_lecture_mlp_is_relu_of_w1_x_plus_b1_then_w2_h_plus_b2():
 def test_batches_are_float_images_and_int64_labels_on_the_device(mnist):
     train_set, val_set = split(mnist, 100)
     assert (len(train_set), len(val_set)) == (500, 100)
-    batches = list(data.make_loader(train_set, 64, torch.Generator().manual_seed(0)))
+    batches = list(data.make_loader(train_set, 64, shuffle=True,
+                                    generator=torch.Generator().manual_seed(0)))
     assert [len(labels) for _, labels in batches] == [64] * 7 + [52]
     images, labels = batches[0]
     assert images.shape == (64, 1, 28, 28) and images.dtype == torch.float32
     assert labels.shape == (64,) and labels.dtype == torch.int64  # uint8 on disk
     assert labels.min() >= 0 and labels.max() <= 9
     # Every image exactly once per epoch, in a new order each epoch.
-    epoch_labels = [torch.cat([labels for _, labels in data.make_loader(train_set, 64, gen)])
-                    for gen in [torch.Generator().manual_seed(0)] * 2]
+    loader = data.make_loader(train_set, 64, shuffle=True,
+                              generator=torch.Generator().manual_seed(0))
+    epoch_labels = [torch.cat([labels for _, labels in loader]) for _ in range(2)]
     assert sorted(epoch_labels[0].tolist()) == sorted(train_set.labels.tolist())
 
 
 def test_shuffling_changes_each_epoch_and_evaluation_is_in_order(mnist):
     train_set, _ = split(mnist, 0)
-    shuffled = data.make_loader(train_set, 600, torch.Generator().manual_seed(0))
+    shuffled = data.make_loader(train_set, 600, shuffle=True,
+                                generator=torch.Generator().manual_seed(0))
     first, second = (next(iter(shuffled))[1] for _ in range(2))
     assert not torch.equal(first, second)
     assert sorted(first.tolist()) == sorted(second.tolist())
-    in_order = data.make_loader(train_set, 600)
+    in_order = data.make_loader(train_set, 600, shuffle=False)
     assert torch.equal(next(iter(in_order))[1], train_set.labels)
 
 
@@ -237,14 +242,15 @@ def test_labels_stored_as_uint8_arrive_as_int64(mnist):
 def test_a_short_seeded_run_reduces_the_loss(mnist):
     torch.manual_seed(0)
     train_set, _ = split(mnist, 0)
-    loader = data.make_loader(train_set, 50, torch.Generator().manual_seed(0))
+    loader = data.make_loader(train_set, 50, shuffle=True,
+                              generator=torch.Generator().manual_seed(0))
     model = MLP([64])
     args = train.make_parser().parse_args(["--lr", "1e-3"])
     optimizer = train.make_optimizer(model, args)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def loss_on_training_set():
-        logits, labels = predict(model, data.make_loader(train_set, 1000))
+        logits, labels = predict(model, data.make_loader(train_set, 1000, shuffle=False))
         return loss_fn(logits, labels).item()
 
     before = loss_on_training_set()
@@ -298,7 +304,7 @@ def test_validation_loss_is_plain_cross_entropy_whatever_the_smoothing(capsys, m
     assert code == 0
     model, checkpoint = load_checkpoint(out)
     _, val_set = split(mnist, 100, 0)
-    logits, labels = predict(model, data.make_loader(val_set, 1000))
+    logits, labels = predict(model, data.make_loader(val_set, 1000, shuffle=False))
     plain = F.cross_entropy(logits, labels).item()
     assert checkpoint["metrics"][0]["val_loss"] == pytest.approx(plain)
     smoothed = F.cross_entropy(logits, labels, label_smoothing=0.5).item()
@@ -404,7 +410,7 @@ def test_ema_averages_the_weights_after_every_step(mnist):
     model, plain = MLP([16]), MLP([16])
     plain.load_state_dict(model.state_dict())
     loader, loss_fn = two_batch_loader(mnist), torch.nn.CrossEntropyLoss()
-    averaged = train.make_averaged(model, argparse.Namespace(ema=0.9))
+    averaged = MovingAverage(model, 0.9)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     after_each_step = []
     real_step = optimizer.step
@@ -417,7 +423,6 @@ def test_ema_averages_the_weights_after_every_step(mnist):
         assert torch.allclose(average, 0.9 * w1 + 0.1 * w2, atol=1e-6)
     for trained, without in zip(model.parameters(), plain.parameters()):
         assert torch.equal(trained, without)
-    assert train.make_averaged(model, argparse.Namespace(ema=0.0)) is None
 
 
 def test_ema_is_bit_identical_to_torchs_averaged_model(mnist):
@@ -426,7 +431,7 @@ def test_ema_is_bit_identical_to_torchs_averaged_model(mnist):
     measured before it was written by hand stay reproducible)."""
     torch.manual_seed(0)
     model = MLP([32, 16])
-    ours = train.MovingAverage(model, 0.99)
+    ours = MovingAverage(model, 0.99)
     swa_utils = torch.optim.swa_utils
     torchs = swa_utils.AveragedModel(model, multi_avg_fn=swa_utils.get_ema_multi_avg_fn(0.99))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
@@ -450,7 +455,8 @@ def test_ema_run_validates_and_saves_the_average(capsys, mnist, tmp_path, monkey
     assert any(not torch.equal(trained[name], weights)
                for name, weights in checkpoint["state_dict"].items())
     _, val_set, _ = data.train_val_sets(mnist, "mnist", 100, 0, torch.device("cpu"))
-    assert train.validate(model, data.make_loader(val_set, 1000)) == pytest.approx(
+    val_loader = data.make_loader(val_set, 1000, shuffle=False)
+    assert train.validate(model, val_loader) == pytest.approx(
         (checkpoint["metrics"][-1]["val_loss"], checkpoint["metrics"][-1]["val_accuracy"]))
 
 
@@ -507,7 +513,7 @@ def test_validation_uses_the_model_without_dropout(mnist):
     model = MLP([256], dropout=0.5)
     model.train()
     _, val_set = split(mnist, 100)
-    val_loader = data.make_loader(val_set, 1000)
+    val_loader = data.make_loader(val_set, 1000, shuffle=False)
     without_dropout = MLP([256], dropout=0.0)
     without_dropout.load_state_dict(model.state_dict())
     assert train.validate(model, val_loader) == train.validate(without_dropout, val_loader)
@@ -623,7 +629,7 @@ def test_checkpoint_round_trip_keeps_predictions_identical(checkpoint, mnist):
     original = torch.load(checkpoint, weights_only=True)
     model, loaded = load_checkpoint(checkpoint)
     assert loaded["config"]["hidden"] == [64]
-    test_loader = data.make_loader(mnist_test_set(mnist), 1000)
+    test_loader = data.make_loader(mnist_test_set(mnist), 1000, shuffle=False)
     rebuilt = MLP(**original["config"])
     rebuilt.load_state_dict(original["state_dict"])
     logits, _ = predict(model, test_loader)
@@ -645,7 +651,8 @@ def test_evaluate_reports_accuracy_per_class_and_confusion(capsys, checkpoint, m
     assert matrix.shape == (10, 10) and matrix.sum() == 200
     assert matrix.diag().sum() == metrics["correct"]
     assert metrics["test_accuracy"] == pytest.approx(metrics["correct"] / 200)
-    assert metrics["per_class_accuracy"][3] == pytest.approx((matrix[3, 3] / matrix[3].sum()).item())
+    assert metrics["per_class_accuracy"][3] == pytest.approx(
+        (matrix[3, 3] / matrix[3].sum()).item())
     assert "confusion matrix" in stdout
     assert "the model after epoch 2 of 2" in stdout
     for picture in (errors_file, confusion_file):
