@@ -19,8 +19,11 @@ float32, over the same 60,000 images per epoch:
 
 Each row is the median of --epochs timed epochs after a warm-up, the rows taking
 turns epoch by epoch so that a slow spell of a shared machine hits them all
-alike. Without MNIST in --data-dir the benchmark writes random images of MNIST's
-shape to a temporary folder and uses those, so it always runs.
+alike. When the figures cannot be trusted even so (a row's epochs disagree, or
+the floor is slower than the pipeline it bounds: the machine was busy), it says
+so instead of comparing them. Without MNIST in --data-dir the benchmark writes
+random images of MNIST's shape to a temporary folder and uses those, so it
+always runs.
 """
 
 import os
@@ -144,9 +147,10 @@ def floor(args, images):
     return run_epoch, images
 
 
-def median_epoch_seconds(runs, epochs, device):
+def epoch_seconds(runs, epochs, device):
     """Warm every run up once, then time `epochs` rounds of one epoch each, the
-    runs taking turns so that a slow spell of a shared machine hits them all."""
+    runs taking turns so that a slow spell of a shared machine hits them all.
+    Returns each run's list of times."""
     seconds = {name: [] for name in runs}
     for run_epoch, _ in runs.values():
         run_epoch(warm_up=True)
@@ -159,7 +163,19 @@ def median_epoch_seconds(runs, epochs, device):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds[name].append(time.perf_counter() - start)
-    return {name: statistics.median(times) for name, times in seconds.items()}
+    return seconds
+
+
+def doubts(seconds):
+    """Why the timings of one benchmark cannot be trusted, if they cannot: a
+    row whose epochs differ by more than a quarter (something else took the
+    machine for a while), or a floor slower than our whole pipeline, which does
+    the floor's work and more (the same images, so the times compare directly)."""
+    reasons = [f"the {name} epochs took {min(times):.3f} to {max(times):.3f} s"
+               for name, times in seconds.items() if max(times) > 1.25 * min(times)]
+    if statistics.median(seconds["floor"]) > statistics.median(seconds["ours"]):
+        reasons.append("the floor was slower than ours, which does its work and more")
+    return reasons
 
 
 def main(argv=None):
@@ -175,16 +191,22 @@ def main(argv=None):
         runs = {"ours": ours(args, root), "ours, no aug.": ours(args, root, augment=False),
                 "conventional": conventional(args, root)}
         runs["floor"] = floor(args, runs["ours"][1])
-        seconds = median_epoch_seconds(runs, args.epochs, args.device)
+        all_seconds = epoch_seconds(runs, args.epochs, args.device)
 
     print(f"{'':15}{'s/epoch':>9}{'images/s':>12}")
     per_image = {}
     for name, (_, images) in runs.items():
-        per_image[name] = seconds[name] / images
-        print(f"{name:15}{seconds[name]:9.3f}{1 / per_image[name]:12,.0f}")
-    print(f"\nours / floor: {per_image['ours'] / per_image['floor']:.2f}x the time "
-          f"({per_image['ours, no aug.'] / per_image['floor']:.2f}x without augmentation); "
-          f"conventional / ours: {per_image['conventional'] / per_image['ours']:.1f}x")
+        seconds = statistics.median(all_seconds[name])
+        per_image[name] = seconds / images
+        print(f"{name:15}{seconds:9.3f}{1 / per_image[name]:12,.0f}")
+    reasons = doubts(all_seconds)
+    if reasons:
+        print(f"\nthese figures cannot be trusted: {'; '.join(reasons)}. The machine was "
+              f"busy: run the benchmark again when it is idle")
+    else:
+        print(f"\nours / floor: {per_image['ours'] / per_image['floor']:.2f}x the time "
+              f"({per_image['ours, no aug.'] / per_image['floor']:.2f}x without augmentation); "
+              f"conventional / ours: {per_image['conventional'] / per_image['ours']:.1f}x")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory: {peak_mib:,.0f} MiB resident", end="")
     if args.device.type == "cuda":

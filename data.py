@@ -14,7 +14,7 @@ import os
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Sampler
 
 IMAGE_SIZE = 28
 # Both data sets come in the same four files, each in torchvision's layout
@@ -246,7 +246,7 @@ class RandomDistortion:
 # ----------------------------------------------------------------------------
 # Batches
 
-class MNISTTensors(Dataset):
+class MNISTTensors(torch.utils.data.Dataset):
     """Images [N, 1, 28, 28] and labels [N] held as tensors on one device, each
     batch optionally transformed (for example augmented) on the fly.
 
