@@ -16,6 +16,7 @@ import warnings
 import torch
 
 import cli
+import data
 from model import MLP
 
 CHECKPOINT_FORMAT = "mnist-mlp-checkpoint/2"
@@ -93,13 +94,13 @@ def load_checkpoint(path, device="cpu"):
     return model.to(device), checkpoint
 
 
-def save_run(args, model, normalization, classes, history, state):
+def save_run(args, model, normalization, history, state):
     """train.py's checkpoint after the last epoch of `history`; `state` is the
     training state for --resume, or None once the run is finished. One line on
     stderr, and the earlier file kept, if the disk refuses."""
     try:
         save_checkpoint(args.out, model.config, model.state_dict(), normalization,
-                        dataset=args.dataset, classes=classes,
+                        dataset=args.dataset, classes=data.DATASETS[args.dataset]["classes"],
                         train_args={**vars(args), "device": str(args.device)},
                         metrics=history, epochs_completed=len(history), training_state=state)
     except OSError as error:

@@ -28,13 +28,11 @@ from model import MLP, predict
 # The training loop
 
 def train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler=None, averaged=None):
-    """One pass over the training set. Returns the mean loss and the accuracy.
-    Works with any DataLoader of (images, labels) batches, on the model's device.
-    `scheduler` (torch's) steps after every batch; `averaged` (a MovingAverage,
-    for --ema) follows the weights after every step.
-
-    The running totals stay on the device and are read once, at the end: reading
-    a number from a GPU at every step would make the CPU wait for it each time."""
+    """One pass over any DataLoader of (images, labels). Returns the mean loss and
+    the accuracy. `scheduler` (torch's) steps after every batch; `averaged` (a
+    MovingAverage, for --ema) follows the weights after every step. The running
+    totals stay on the model's device and are read once, at the end: reading a
+    number from a GPU at every step would make the CPU wait for it each time."""
     model.train()  # dropout on
     device = next(model.parameters()).device
     step_losses, correct, seen = [], 0, 0
@@ -64,12 +62,9 @@ def train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler=None, ave
 
 
 def validate(model, val_loader):
-    """Mean loss and accuracy on the validation set, or None without one.
-
-    The loss is the plain cross-entropy, without the label smoothing of
-    training: the figure evaluate.py reports on the test set, and one that a
-    model can bring towards 0 (smoothing 0.1 over 10 classes keeps the training
-    loss above 0.5)."""
+    """Mean loss and accuracy on the validation set, or None without one. The
+    loss is the plain cross-entropy, without training's label smoothing (which
+    keeps a loss above 0.5): the figure evaluate.py reports on the test set."""
     if len(val_loader.dataset) == 0:
         return None, None
     logits, labels = predict(model, val_loader)
@@ -148,8 +143,7 @@ def make_parser():
 
 
 def parse_args(argv=None):
-    """The flags, and None; with --resume, the flags stored in the checkpoint (and
-    those that may change on resuming that the command line gives), and the checkpoint."""
+    """The flags and None, or with --resume, the run's stored flags and its checkpoint."""
     parser = make_parser()
     args = parser.parse_args(argv)
     if args.show_augmentation and not args.augment:
@@ -282,10 +276,9 @@ def main(argv=None):
             # Saved every epoch, so that a kill or a power cut loses one epoch at
             # most; the training state is left out of the finished model.
             finished = epoch == args.epochs
-            checkpoint.save_run(args, kept_model, normalization,
-                                 data.DATASETS[args.dataset]["classes"], history,
-                                 None if finished else checkpoint.training_state(
-                                     model, averaged, optimizer, scheduler, generators))
+            checkpoint.save_run(args, kept_model, normalization, history,
+                                None if finished else checkpoint.training_state(
+                                    model, averaged, optimizer, scheduler, generators))
             saved_epoch = epoch
             if log:
                 log.writerow(history[-1])
