@@ -22,6 +22,11 @@ class MovingAverage:
         self.decay = decay
         self.steps = 0  # a Python number, so reading it never waits for a GPU
 
+    def follow(self, model, optimizer):
+        """Update the average after every optimizer.step(), by torch's own hook:
+        the training loop needs no line for it."""
+        optimizer.register_step_post_hook(lambda *_: self.update(model))
+
     @torch.no_grad()
     def update(self, model):
         # Parameters only: an MLP has no buffers (batch norm's running statistics

@@ -33,12 +33,21 @@ class CheckpointError(Exception):
     """A checkpoint file that cannot be used; the message says why."""
 
 
-def save_checkpoint(path, config, state_dict, normalization, **details):
+def model_config(model):
+    """An MLP's constructor arguments, read off its layers: what builds it again."""
+    first = model.hidden_layers[0] if len(model.hidden_layers) else model.output_layer
+    return {"hidden": [layer.out_features for layer in model.hidden_layers],
+            "dropout": model.dropout.p, "in_features": first.in_features,
+            "num_classes": model.output_layer.out_features}
+
+
+def save_checkpoint(path, model, normalization, **details):
     """Write a self-describing checkpoint: the model's constructor arguments, its
     weights, the input normalization it was trained with ({"mean": .., "std": ..})
     and the `details` that CHECKPOINT_FIELDS lists (data set, flags, metrics, ...)."""
-    checkpoint = {"format": CHECKPOINT_FORMAT, "config": config,
-                  "state_dict": {name: tensor.cpu() for name, tensor in state_dict.items()},
+    checkpoint = {"format": CHECKPOINT_FORMAT, "config": model_config(model),
+                  "state_dict": {name: tensor.cpu() for name, tensor in
+                                 model.state_dict().items()},
                   "normalization": normalization, **details}
     with cli.replacing(path) as f:
         torch.save(checkpoint, f)
@@ -99,7 +108,7 @@ def save_run(args, model, normalization, history, state):
     training state for --resume, or None once the run is finished. One line on
     stderr, and the earlier file kept, if the disk refuses."""
     try:
-        save_checkpoint(args.out, model.config, model.state_dict(), normalization,
+        save_checkpoint(args.out, model, normalization,
                         dataset=args.dataset, classes=data.DATASETS[args.dataset]["classes"],
                         train_args={**vars(args), "device": str(args.device)},
                         metrics=history, epochs_completed=len(history), training_state=state)

@@ -25,19 +25,14 @@ class MLP(nn.Module):
 
     def __init__(self, hidden=(512,), dropout=0.0, in_features=28 * 28, num_classes=10):
         super().__init__()
-        hidden = [hidden] if isinstance(hidden, int) else list(hidden)
-        # Everything needed to build this model again, stored in its checkpoint.
-        self.config = {"hidden": hidden, "dropout": dropout,
-                       "in_features": in_features, "num_classes": num_classes}
-        widths = [in_features, *hidden]
-        self.flatten = nn.Flatten()  # [B, 1, 28, 28] -> [B, 784]
+        widths = [in_features, hidden] if isinstance(hidden, int) else [in_features, *hidden]
         self.hidden_layers = nn.ModuleList(
             nn.Linear(n_in, n_out) for n_in, n_out in zip(widths, widths[1:]))
         self.dropout = nn.Dropout(dropout)  # does nothing when dropout=0 or in eval()
         self.output_layer = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x):
-        h = self.flatten(x)
+        h = x.flatten(1)  # [B, 1, 28, 28] -> [B, 784]
         for linear in self.hidden_layers:
             h = self.dropout(torch.relu(linear(h)))  # h = relu(W x + b)
         return self.output_layer(h)  # y = W h + b: the logits

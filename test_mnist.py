@@ -29,7 +29,7 @@ import pictures
 import predict as predict_script
 import train
 from averaging import MovingAverage
-from checkpoint import CHECKPOINT_FIELDS, load_checkpoint, save_checkpoint
+from checkpoint import CHECKPOINT_FIELDS, load_checkpoint, model_config, save_checkpoint
 from cli import replacing
 from model import MLP, predict
 
@@ -47,7 +47,7 @@ def test_shapes_images_in_one_logit_per_class_out():
     for model in (MLP(512), MLP([512]), MLP([32, 16])):
         assert model(images).shape == (64, 10)
     assert [layer.out_features for layer in MLP(512).hidden_layers] == [512]
-    assert MLP(512).config == MLP([512]).config
+    assert model_config(MLP(512)) == model_config(MLP([512]))
     batch_images, batch_labels = next(iter(torch.utils.data.DataLoader(
         torch.utils.data.TensorDataset(images, torch.arange(64) % 10), batch_size=16)))
     assert batch_images.shape == (16, 1, 28, 28) and batch_labels.shape == (16,)
@@ -146,6 +146,43 @@ def test_the_mlp_the_loop_and_the_dataset_each_run_pasted_alone():
         loss, accuracy = pasted["train_one_epoch"](model, train_loader,
                                                    nn.CrossEntropyLoss(), optimizer)
     assert loss < 0.5 and accuracy > 0.9
+
+
+def readme_block(heading):
+    """The first ```python block of the README's section `heading`."""
+    with open(os.path.join(HERE, "README.md")) as f:
+        section = f.read().split(f"\n## {heading}\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("\n```", 1)[0] + "\n"
+
+
+def code_of(source, name):
+    """The code of the class or function `name` in `source`, without comments
+    and docstrings (ast keeps neither)."""
+    import ast
+
+    node = next(node for node in ast.parse(source).body if getattr(node, "name", None) == name)
+    for part in ast.walk(node):
+        body = getattr(part, "body", None)
+        if (isinstance(part, (ast.ClassDef, ast.FunctionDef)) and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant)):
+            part.body = body[1:]
+    return ast.dump(node)
+
+
+def test_the_readme_s_own_code_block_is_made_of_the_pieces_and_runs(tmp_path):
+    block = readme_block("Use it in your own code")
+    assert len(block.splitlines()) <= 50
+    for path, name in (("model.py", "MLP"), ("train.py", "train_one_epoch")):
+        assert code_of(block, name) == code_of(source_of(path, name), name), name
+    # Pasted into a homework folder whose data/ torchvision finds (no download).
+    make_mnist(tmp_path / "data", train_count=2000, test_count=100)
+    (tmp_path / "homework.py").write_text(block)
+    result = subprocess.run([sys.executable, "homework.py"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1", "epoch 2", "epoch 3"]
+    assert float(lines[-1].split()[-1].rstrip("%")) > 90
 
 
 def test_the_loop_pasted_alone_stops_a_diverging_run_at_the_step():
@@ -517,11 +554,12 @@ def test_ema_averages_the_weights_after_every_step(mnist):
     loader, loss_fn = two_batch_loader(mnist), torch.nn.CrossEntropyLoss()
     averaged = MovingAverage(model, 0.9)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    averaged.follow(model, optimizer)
     after_each_step = []
     real_step = optimizer.step
     optimizer.step = lambda: (real_step(), after_each_step.append(
         [parameter.detach().clone() for parameter in model.parameters()]))
-    train.train_one_epoch(model, loader, loss_fn, optimizer, averaged=averaged)
+    train.train_one_epoch(model, loader, loss_fn, optimizer)
     train.train_one_epoch(plain, loader, loss_fn, torch.optim.SGD(plain.parameters(), lr=0.5))
     first, second = after_each_step
     for average, w1, w2 in zip(averaged.model.parameters(), first, second):
@@ -1242,12 +1280,12 @@ def test_saving_is_atomic(checkpoint, tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", crash_half_way)
     with pytest.raises(OSError):
-        save_checkpoint(out, model.config, model.state_dict(), saved["normalization"], **details)
+        save_checkpoint(out, model, saved["normalization"], **details)
     assert out.read_bytes() == previous
     assert os.listdir(tmp_path) == ["m.pt"]
     monkeypatch.setattr(torch, "save", real_save)
-    save_checkpoint(out, model.config, model.state_dict(), saved["normalization"], **details)
-    assert load_checkpoint(out)[0].config == model.config
+    save_checkpoint(out, model, saved["normalization"], **details)
+    assert model_config(load_checkpoint(out)[0]) == model_config(model)
 
 
 # ----------------------------------------------------------------------------

@@ -27,12 +27,13 @@ from model import MLP, predict
 # ----------------------------------------------------------------------------
 # The training loop
 
-def train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler=None, averaged=None):
+def train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler=None):
     """One pass over any DataLoader of (images, labels). Returns the mean loss and
-    the accuracy. `scheduler` (torch's) steps after every batch; `averaged` (a
-    MovingAverage, for --ema) follows the weights after every step. The running
-    totals stay on the model's device and are read once, at the end: reading a
-    number from a GPU at every step would make the CPU wait for it each time."""
+    the accuracy. `scheduler`, one of torch's, steps after every batch. The
+    running totals stay on the model's device and are read once, at the end:
+    reading a number from a GPU at every step would make the CPU wait for it.
+    An untrained model scores ln(10) = 2.3 and a working run only goes down from
+    there: a loss above 1000 means the weights blew up, and the run stops."""
     model.train()  # dropout on
     device = next(model.parameters()).device
     step_losses, correct, seen = [], 0, 0
@@ -45,15 +46,11 @@ def train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler=None, ave
         optimizer.step()                                      # 6. gradient descent step
         if scheduler is not None:
             scheduler.step()
-        if averaged is not None:
-            averaged.update(model)
         step_losses.append(loss.detach())
         correct += (logits.argmax(dim=1) == labels).sum()
         seen += len(labels)
     step_losses = torch.stack(step_losses)
-    # An untrained model scores ln(10) = 2.3 and a working run only goes down from
-    # there: a loss above 1000 (or NaN, for which `<` is False) means it blew up.
-    blown_up = (~(step_losses < 1000)).nonzero()
+    blown_up = (~(step_losses < 1000)).nonzero()  # NaN < 1000 is False: caught too
     if len(blown_up):
         step = int(blown_up[0])
         raise FloatingPointError(f"the loss reached {step_losses[step]:.3g} at step "
@@ -234,6 +231,8 @@ def main(argv=None):
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     optimizer = make_optimizer(model, args)
     averaged = MovingAverage(model, args.ema) if args.ema else None
+    if averaged:
+        averaged.follow(model, optimizer)
     # The model that is validated and saved: the trained one, or its average.
     kept_model = model if averaged is None else averaged.model
     scheduler = make_scheduler(optimizer, args, len(train_loader))
@@ -267,7 +266,7 @@ def main(argv=None):
                 train_set.transform = None
             start = time.perf_counter()
             train_loss, train_accuracy = train_one_epoch(model, train_loader, loss_fn,
-                                                         optimizer, scheduler, averaged)
+                                                         optimizer, scheduler)
             train_seconds = time.perf_counter() - start
             val_loss, val_accuracy = validate(kept_model, val_loader)
             history.append(dict(zip(METRICS, (
