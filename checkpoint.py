@@ -132,9 +132,9 @@ def resumed_args(parser, args, argv):
         _, checkpoint = load_checkpoint(args.resume)
     except CheckpointError as error:
         sys.exit(f"error: {error}")
-    stored = checkpoint["train_args"]
-    if set(vars(args)) - set(stored):
-        sys.exit(f"error: {args.resume}: its stored flags are not those of this train.py")
+    # A flag added since the run was saved takes its default, which does what
+    # train.py did before it had the flag.
+    stored = {**vars(parser.parse_args([])), **checkpoint["train_args"]}
     if checkpoint["training_state"] is None:
         print(f"{args.resume} is a finished run ({checkpoint['epochs_completed']} of "
               f"{stored['epochs']} epochs): nothing to resume")

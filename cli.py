@@ -94,6 +94,18 @@ def device(name):
     return chosen
 
 
+def has_native_bf16(device):
+    """Whether `device` computes in bfloat16 natively: NVIDIA GPUs since Ampere,
+    CPUs with AVX-512 BF16 or AMX. Elsewhere bfloat16 works, emulated, slower
+    than float32. (torch's check of the CPU is private, hence getattr.)"""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        return any(getattr(torch.cpu, check, lambda: False)()
+                   for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return True
+
+
 def output_file(path):
     """An output file flag: its folder must exist and take a new file now, so that
     a typo is found before training, not after it."""

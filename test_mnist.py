@@ -438,6 +438,29 @@ def test_every_optimizer_scheduler_and_option_trains(capsys, mnist, tmp_path, fl
     assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
 
 
+def test_a_bf16_run_reduces_the_loss_saves_float32_weights_and_repeats(capsys, mnist,
+                                                                        tmp_path):
+    def train_run(name, *flags):
+        code, stdout, err = run(capsys, train, "--data-dir", mnist, "--epochs", 2,
+                                "--hidden", 32, "--batch-size", 50, "--val-size", 100,
+                                "--device", "cpu", "--out", tmp_path / name, *flags)
+        assert code == 0, err
+        return stdout, load_checkpoint(tmp_path / name)[1]
+
+    stdout, bf16 = train_run("bf16.pt", "--bf16")
+    assert all(tensor.dtype == torch.float32 for tensor in bf16["state_dict"].values())
+    assert bf16["train_args"]["bf16"] is True
+    losses = [row["train_loss"] for row in bf16["metrics"]]
+    assert losses[1] < losses[0] and bf16["metrics"][-1]["val_loss"] < 2.0  # untrained: 2.3
+    assert ("no native bfloat16" in stdout) == (not cli.has_native_bf16(CPU))
+    _, again = train_run("again.pt", "--bf16")
+    assert all(torch.equal(again["state_dict"][name], tensor)
+               for name, tensor in bf16["state_dict"].items())
+    # It did run in bfloat16: in float32 the same run learns other numbers.
+    _, float32 = train_run("float32.pt")
+    assert float32["metrics"][0]["train_loss"] != bf16["metrics"][0]["train_loss"]
+
+
 def test_validation_loss_is_plain_cross_entropy_whatever_the_smoothing(capsys, mnist,
                                                                       tmp_path):
     out = tmp_path / "m.pt"
@@ -1335,7 +1358,7 @@ def timeless(metrics):
             for row in metrics]
 
 
-@pytest.mark.parametrize("flags", [[], ["--ema", "0.5"], ["--clean-epochs", "2"]])
+@pytest.mark.parametrize("flags", [[], ["--ema", "0.5"], ["--clean-epochs", "2"], ["--bf16"]])
 def test_an_interrupted_run_resumed_ends_bit_identical_to_one_never_interrupted(
         capsys, mnist, tmp_path, flags):
     straight, resumed = tmp_path / "straight.pt", tmp_path / "resumed.pt"
@@ -1379,7 +1402,7 @@ def in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys, *flags):
 
 
 @pytest.mark.parametrize("flags", [["--lr", "0.01"], ["--epochs", "10"], ["--no-augment"],
-                                   ["--dataset", "fashion-mnist"], ["--seed", "1"]])
+                                   ["--dataset", "fashion-mnist"], ["--seed", "1"], ["--bf16"]])
 def test_resume_refuses_a_flag_that_would_change_the_run(capsys, mnist, tmp_path,
                                                          monkeypatch, flags):
     out = in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys)
@@ -1398,6 +1421,18 @@ def test_resume_may_change_where_the_data_and_the_output_are(capsys, mnist, tmp_
     assert code == 0, err
     assert torch.load(elsewhere, weights_only=True)["epochs_completed"] == 3
     assert torch.load(out, weights_only=True)["epochs_completed"] == 1  # left as it was
+
+
+def test_a_run_saved_before_a_flag_existed_resumes_with_its_default(
+        capsys, mnist, tmp_path, monkeypatch):
+    out = in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys)
+    older = torch.load(out, weights_only=True)
+    del older["train_args"]["bf16"]  # saved by train.py before --bf16
+    torch.save(older, out)
+    code, stdout, err = run(capsys, train, "--resume", out, "--data-dir", mnist)
+    assert code == 0, err
+    assert "resuming after epoch 1 of 3" in stdout
+    assert load_checkpoint(out)[1]["train_args"]["bf16"] is False
 
 
 def test_main_gives_sigterm_back_to_its_caller(capsys, mnist, tmp_path):

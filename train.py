@@ -27,21 +27,26 @@ from model import MLP, predict
 # ----------------------------------------------------------------------------
 # The training loop
 
-def train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler=None):
+def train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler=None, bf16=False):
     """One pass over any DataLoader of (images, labels). Returns the mean loss and
-    the accuracy. `scheduler`, one of torch's, steps after every batch. The
-    running totals stay on the model's device and are read once, at the end:
-    reading a number from a GPU at every step would make the CPU wait for it.
-    An untrained model scores ln(10) = 2.3 and a working run only goes down from
-    there: a loss above 1000 means the weights blew up, and the run stops."""
+    the accuracy. `scheduler`, one of torch's, steps after every batch. With
+    bf16, torch.autocast runs the forward pass's matrix products in bfloat16
+    and the loss in float32; the backward pass follows the dtypes the forward
+    pass used, and the weights stay float32.
+
+    The running totals stay on the model's device and are read once, at the
+    end: reading a number from a GPU at every step would make the CPU wait for
+    it. An untrained model scores ln(10) = 2.3 and a working run only goes down
+    from there: a loss above 1000 means the weights blew up, and the run stops."""
     model.train()  # dropout on
     device = next(model.parameters()).device
     step_losses, correct, seen = [], 0, 0
     for images, labels in train_loader:                       # 1. fetch the next batch
         images, labels = images.to(device), labels.to(device)  # (free if there already)
         optimizer.zero_grad()                                 # 2. reset gradients
-        logits = model(images)                                # 3. compute model outputs
-        loss = loss_fn(logits, labels)                        # 4. compute the loss
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):  # (mixed precision)
+            logits = model(images)                            # 3. compute model outputs
+            loss = loss_fn(logits, labels)                    # 4. compute the loss
         loss.backward()                                       # 5. backpropagate gradients
         optimizer.step()                                      # 6. gradient descent step
         if scheduler is not None:
@@ -50,11 +55,10 @@ def train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler=None):
         correct += (logits.argmax(dim=1) == labels).sum()
         seen += len(labels)
     step_losses = torch.stack(step_losses)
-    blown_up = (~(step_losses < 1000)).nonzero()  # NaN < 1000 is False: caught too
-    if len(blown_up):
-        step = int(blown_up[0])
-        raise FloatingPointError(f"the loss reached {step_losses[step]:.3g} at step "
-                                 f"{step + 1} of {len(step_losses)}")
+    blown_up = (~(step_losses < 1000)).nonzero().flatten().tolist()  # NaN < 1000: False
+    if blown_up:
+        raise FloatingPointError(f"the loss reached {step_losses[blown_up[0]]:.3g} at step "
+                                 f"{blown_up[0] + 1} of {len(step_losses)}")
     return step_losses.mean().item(), correct.item() / seen
 
 
@@ -101,6 +105,9 @@ def make_parser():
     optim.add_argument("--ema", type=cli.fraction, default=0.0, metavar="DECAY",
                        help="validate and save a moving average of the weights, updated "
                             "after every step with this decay, e.g. 0.999 (0: off)")
+    optim.add_argument("--bf16", action="store_true",
+                       help="train in mixed precision: the forward pass and the loss in "
+                            "bfloat16; weights, optimizer and checkpoints stay float32")
     augment = parser.add_argument_group("data augmentation (training images only)")
     augment.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                          help="distort every training image anew each time it is used")
@@ -253,6 +260,9 @@ def main(argv=None):
     print(f"training a {[28 * 28, *args.hidden, 10]} MLP on {len(train_set):,} {args.dataset} "
           f"images ({len(val_set):,} held out for validation) on {args.device}"
           + (f", resuming after epoch {saved_epoch} of {args.epochs}" if resumed else ""))
+    if args.bf16 and not cli.has_native_bf16(args.device):
+        print(f"note: {args.device} has no native bfloat16, so --bf16 runs slower than "
+              f"float32 here")
     print("epoch  train loss  train acc  val loss   val acc     time   images/s")
     # A cluster's time limit or `kill` sends SIGTERM: end the run as Ctrl-C does
     # (until main returns: a notebook or test that calls main keeps its own).
@@ -266,7 +276,7 @@ def main(argv=None):
                 train_set.transform = None
             start = time.perf_counter()
             train_loss, train_accuracy = train_one_epoch(model, train_loader, loss_fn,
-                                                         optimizer, scheduler)
+                                                         optimizer, scheduler, args.bf16)
             train_seconds = time.perf_counter() - start
             val_loss, val_accuracy = validate(kept_model, val_loader)
             history.append(dict(zip(METRICS, (
