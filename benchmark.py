@@ -5,12 +5,14 @@ the compute floor? One command, one table:
                         [--data-dir DIR]
 
 Every row trains the same model at the same batch size, on the same device, in
-float32, over the same 60,000 images per epoch:
+float32 unless it says bf16, over the same 60,000 images per epoch:
 
   ours           data.py's batches and train.py's own train_one_epoch, optimizer,
                  scheduler and loss, with train.py's defaults (imported, not copied)
   ours, no aug.  the same without the data augmentation that train.py does by
                  default and the other rows do not
+  ours, bf16     ours with --bf16: the forward pass and the loss in bfloat16 (slower
+                 than float32 on a device without native bfloat16, which it says)
   conventional   the tutorial pipeline: torchvision's MNIST with ToTensor() and
                  Normalize() transforms, a DataLoader (num_workers=0) and the
                  textbook loop with a default Adam
@@ -71,12 +73,12 @@ def write_random_mnist(root, train_images=60000, test_images=10000):
                 f.write(header + values.numpy().tobytes())
 
 
-def ours(args, root, augment=True):
+def ours(args, root, augment=True, bf16=False):
     """An epoch as train.py runs it: its data.py batches, model, optimizer,
     scheduler, loss and train_one_epoch, with its default hyperparameters."""
     flags = ["--hidden", *map(str, args.hidden), "--batch-size", str(args.batch_size),
              "--val-size", "0", "--device", str(args.device),
-             "--augment" if augment else "--no-augment"]
+             "--augment" if augment else "--no-augment", *(["--bf16"] if bf16 else [])]
     train_args = train.make_parser().parse_args(flags)
     train_set, _, normalization = data.train_val_sets(root, "mnist", 0, 0, args.device)
     train_set.transform = train.make_augmentation(train_args, normalization)
@@ -89,7 +91,8 @@ def ours(args, root, augment=True):
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=train_args.label_smoothing)
 
     def run_epoch(warm_up):
-        train.train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler)
+        train.train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler,
+                              train_args.bf16)
 
     return run_epoch, len(train_set)
 
@@ -189,6 +192,7 @@ def main(argv=None):
               f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
         print(f"data: {source}; median of {args.epochs} epochs after a warm-up\n")
         runs = {"ours": ours(args, root), "ours, no aug.": ours(args, root, augment=False),
+                "ours, bf16": ours(args, root, bf16=True),
                 "conventional": conventional(args, root)}
         runs["floor"] = floor(args, runs["ours"][1])
         all_seconds = epoch_seconds(runs, args.epochs, args.device)
@@ -206,7 +210,10 @@ def main(argv=None):
     else:
         print(f"\nours / floor: {per_image['ours'] / per_image['floor']:.2f}x the time "
               f"({per_image['ours, no aug.'] / per_image['floor']:.2f}x without augmentation); "
-              f"conventional / ours: {per_image['conventional'] / per_image['ours']:.1f}x")
+              f"conventional / ours: {per_image['conventional'] / per_image['ours']:.1f}x; "
+              f"bf16 / float32: {per_image['ours, bf16'] / per_image['ours']:.2f}x the time")
+    if not cli.has_native_bf16(args.device):
+        print(f"{args.device} has no native bfloat16: the bf16 row is emulated")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory: {peak_mib:,.0f} MiB resident", end="")
     if args.device.type == "cuda":

@@ -1777,17 +1777,20 @@ def test_a_fashion_model_looks_for_fashion_mnist_s_folder(capsys, fashion, mnist
 # ----------------------------------------------------------------------------
 # benchmark.py
 
-def test_benchmark_prints_all_four_rows(capsys, mnist):
+def test_benchmark_prints_all_five_rows(capsys, mnist):
     code, stdout, _ = run(capsys, benchmark, "--data-dir", mnist, "--epochs", 1,
                           "--hidden", 32, "--batch-size", 100, "--device", "cpu")
     assert code == 0
     rows = {line[:15].strip(): line[15:].split() for line in stdout.splitlines()}
-    for name in ("ours", "ours, no aug.", "conventional", "floor"):
+    for name in ("ours", "ours, no aug.", "ours, bf16", "conventional", "floor"):
         seconds, images_per_second = rows[name]
         # A fast machine runs the floor of this tiny model's 600 images in under
         # half a millisecond, which prints as 0.000: the rate shows it was timed.
         assert float(seconds) >= 0 and float(images_per_second.replace(",", "")) > 0
-    assert "ours / floor" in stdout and "peak memory" in stdout
+    # Epochs of 600 images take milliseconds: a busy moment may make them
+    # disagree, which the benchmark then says instead of comparing them.
+    assert ("ours / floor" in stdout) != ("cannot be trusted" in stdout)
+    assert "peak memory" in stdout
     assert f"torch {torch.__version__}" in stdout
 
 
