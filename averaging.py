@@ -17,14 +17,12 @@ class MovingAverage:
     that copy makes the CPU wait for the GPU (measured: level with this one for
     one run alone on a GPU, a fifth slower with six runs sharing it)."""
 
-    def __init__(self, model, decay):
+    def __init__(self, model, decay, optimizer):
         self.model = copy.deepcopy(model)  # the average, validated and saved
         self.decay = decay
         self.steps = 0  # a Python number, so reading it never waits for a GPU
-
-    def follow(self, model, optimizer):
-        """Update the average after every optimizer.step(), by torch's own hook:
-        the training loop needs no line for it."""
+        # Updated after every optimizer.step() by torch's own hook for it: the
+        # training loop needs no line for the average.
         optimizer.register_step_post_hook(lambda *_: self.update(model))
 
     @torch.no_grad()

@@ -575,9 +575,8 @@ def test_ema_averages_the_weights_after_every_step(mnist):
     model, plain = MLP([16]), MLP([16])
     plain.load_state_dict(model.state_dict())
     loader, loss_fn = two_batch_loader(mnist), torch.nn.CrossEntropyLoss()
-    averaged = MovingAverage(model, 0.9)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    averaged.follow(model, optimizer)
+    averaged = MovingAverage(model, 0.9, optimizer)
     after_each_step = []
     real_step = optimizer.step
     optimizer.step = lambda: (real_step(), after_each_step.append(
@@ -597,17 +596,16 @@ def test_ema_is_bit_identical_to_torchs_averaged_model(mnist):
     measured before it was written by hand stay reproducible)."""
     torch.manual_seed(0)
     model = MLP([32, 16])
-    ours = MovingAverage(model, 0.99)
     swa_utils = torch.optim.swa_utils
     torchs = swa_utils.AveragedModel(model, multi_avg_fn=swa_utils.get_ema_multi_avg_fn(0.99))
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    ours = MovingAverage(model, 0.99, optimizer)  # updated by optimizer.step()
     loss_fn = torch.nn.CrossEntropyLoss()
     for _ in range(3):
         for images, labels in two_batch_loader(mnist):
             optimizer.zero_grad()
             loss_fn(model(images), labels).backward()
             optimizer.step()
-            ours.update(model)
             torchs.update_parameters(model)
     assert ours.steps == int(torchs.n_averaged) == 6
     for a, b in zip(ours.model.parameters(), torchs.module.parameters()):

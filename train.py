@@ -237,9 +237,7 @@ def main(argv=None):
     model = MLP(args.hidden, args.dropout).to(args.device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     optimizer = make_optimizer(model, args)
-    averaged = MovingAverage(model, args.ema) if args.ema else None
-    if averaged:
-        averaged.follow(model, optimizer)
+    averaged = MovingAverage(model, args.ema, optimizer) if args.ema else None
     # The model that is validated and saved: the trained one, or its average.
     kept_model = model if averaged is None else averaged.model
     scheduler = make_scheduler(optimizer, args, len(train_loader))
