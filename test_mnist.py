@@ -7,23 +7,32 @@ command-line tests call a script's main() in this process, exactly as
 few run the real command line in a subprocess.
 """
 
+import base64
 import errno
+import http.client
 import json
 import math
 import os
+import random
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
+from http.server import ThreadingHTTPServer
+from io import BytesIO
 
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw
 from torch import nn
 
 import benchmark
 import cli
 import data
+import draw
 import evaluate
 import pictures
 import predict as predict_script
@@ -1356,7 +1365,7 @@ def timeless(metrics):
             for row in metrics]
 
 
-@pytest.mark.parametrize("flags", [[], ["--ema", "0.5"], ["--clean-epochs", "2"], ["--bf16"]])
+@pytest.mark.parametrize("flags", [[], ["--ema", "0.5"], ["--clean-epochs", "2", "--bf16"]])
 def test_an_interrupted_run_resumed_ends_bit_identical_to_one_never_interrupted(
         capsys, mnist, tmp_path, flags):
     straight, resumed = tmp_path / "straight.pt", tmp_path / "resumed.pt"
@@ -1817,3 +1826,399 @@ def test_benchmark_random_data_is_valid_mnist(tmp_path):
     images, labels = data.load_split(str(tmp_path), "mnist", "train")
     assert images.shape == (100, 28, 28) and labels.shape == (100,)
     assert len(data.load_split(str(tmp_path), "mnist", "test")[1]) == 20
+
+
+# ----------------------------------------------------------------------------
+# draw.py: a digit drawn in the browser, and predict.py's widening of thin strokes
+#
+# The model trained on the blobs above cannot read drawn digits, so these tests
+# train their own in a few seconds on digits drawn as pen strokes: each of the
+# ten as a few lines and arcs, at random places, sizes, slants and pen widths.
+# The browser test needs Chromium, its driver and selenium (.ci/run installs them):
+# apt-get install chromium chromium-driver; pip install selenium
+
+# Digits drawn with a pen, and a model that reads them
+
+
+def arc(centre_x, centre_y, radius_x, radius_y, start, end, steps=20):
+    """Points along an ellipse, from angle `start` to `end` in degrees (0 is to
+    the right, 90 straight down)."""
+    return [(centre_x + radius_x * math.cos(math.radians(start + (end - start) * i / steps)),
+             centre_y + radius_y * math.sin(math.radians(start + (end - start) * i / steps)))
+            for i in range(steps + 1)]
+
+
+# The ten digits as pen strokes in a box 0.6 wide and 1 high, y downwards.
+DIGIT_STROKES = [
+    [arc(0.3, 0.5, 0.28, 0.48, -90, 270)],
+    [[(0.36, 0.0), (0.3, 1.0)]],
+    [arc(0.3, 0.27, 0.26, 0.25, 180, 360, 12) + [(0.05, 1.0), (0.6, 1.0)]],
+    [arc(0.28, 0.25, 0.26, 0.24, 210, 450, 16) + arc(0.28, 0.73, 0.3, 0.26, -90, 150, 16)],
+    [[(0.45, 1.0), (0.45, 0.0), (0.0, 0.65), (0.6, 0.65)]],
+    [[(0.56, 0.0), (0.1, 0.0), (0.06, 0.45)] + arc(0.28, 0.7, 0.3, 0.28, -120, 150, 16)],
+    [[(0.5, 0.0), (0.25, 0.2), (0.06, 0.55)] + arc(0.32, 0.74, 0.26, 0.25, 180, 540, 24)],
+    [[(0.0, 0.0), (0.6, 0.0), (0.2, 1.0)]],
+    [arc(0.3, 0.25, 0.22, 0.24, 90, 450) + arc(0.3, 0.73, 0.28, 0.26, -90, 270)],
+    [arc(0.3, 0.28, 0.26, 0.27, 0, 360) + [(0.56, 0.28), (0.48, 1.0)]],
+]
+
+
+def pen_strokes(digit, rng, size):
+    """Digit `digit`'s strokes in pixels on a size x size page, at a random
+    place, height and slant."""
+    height = size * rng.uniform(0.5, 0.8)
+    slant = rng.uniform(-0.25, 0.25)
+    left = rng.uniform(0.1 * size, 0.9 * size - 0.75 * height)
+    top = rng.uniform(0.1 * size, 0.9 * size - height)
+    return [[(left + (x + slant * (1 - y)) * height, top + y * height) for x, y in stroke]
+            for stroke in DIGIT_STROKES[digit]]
+
+
+def drawing(strokes, pen, size):
+    """The strokes drawn with a round `pen` pixels wide, black on a white page."""
+    page = Image.new("L", (size, size), 255)
+    ink = ImageDraw.Draw(page)
+    for stroke in strokes:
+        ink.line(stroke, fill=0, width=pen, joint="curve")
+        for x, y in (stroke[0], stroke[-1]):  # round ends, as a pen leaves them
+            ink.ellipse((x - pen / 2, y - pen / 2, x + pen / 2, y + pen / 2), fill=0)
+    return page
+
+
+def grey_levels(page):
+    """A PIL image as predict_script.read_image gives it: grey levels in [0, 1]."""
+    pixels = torch.frombuffer(bytearray(page.tobytes()), dtype=torch.uint8)
+    return pixels.view(page.height, page.width).float() / 255
+
+
+def png(page):
+    file = BytesIO()
+    page.save(file, format="PNG")
+    return file.getvalue()
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread, as draw.py runs it: on a busy machine, many times
+    faster for a server's small jobs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def drawn_digit_model(tmp_path_factory):
+    """A checkpoint of a small MLP trained on drawn digits, each prepared as
+    predict_script.py prepares a photo: 600 drawings, pens from fine to thick."""
+    rng = random.Random(0)
+    labels = torch.arange(600) % 10
+    images = []
+    for digit in labels.tolist():
+        page = drawing(pen_strokes(digit, rng, 200), rng.randint(1, 15), 200)
+        images.append(predict_script.prepare(grey_levels(page)))
+    images = torch.stack(images)
+    normalization = {"mean": images.mean().item(), "std": images.std().item()}
+    inputs = ((images - normalization["mean"]) / normalization["std"])[:, None]
+    torch.manual_seed(0)
+    model = MLP(hidden=[64])
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.003)
+    for _ in range(150):
+        optimizer.zero_grad()
+        F.cross_entropy(model(inputs), labels).backward()
+        optimizer.step()
+    # on its own training drawings, which is all the page needs to show
+    accuracy = (model(inputs).argmax(dim=1) == labels).float().mean().item()
+    path = str(tmp_path_factory.mktemp("drawn") / "drawn.pt")
+    save_checkpoint(path, model, normalization, dataset="mnist",
+                    classes=[str(digit) for digit in range(10)], train_args={},
+                    metrics=[{"epoch": 1, "val_accuracy": accuracy}], epochs_completed=1,
+                    training_state=None)
+    return path
+
+
+@pytest.fixture
+def server(drawn_digit_model, one_thread):
+    """draw.py's server on a free port, in a thread of this process: its address."""
+    model, checkpoint = load_checkpoint(drawn_digit_model)
+    model.eval()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), draw.handler(model, checkpoint))
+    thread = threading.Thread(target=httpd.serve_forever)
+    thread.start()
+    yield httpd.server_address[:2]
+    httpd.shutdown()
+    thread.join()
+    httpd.server_close()
+
+
+def request(server, method, path, body=None):
+    """(status, the answer's JSON or the page's text)."""
+    connection = http.client.HTTPConnection(*server, timeout=30)
+    connection.request(method, path, body=body)
+    response = connection.getresponse()
+    text = response.read().decode()
+    connection.close()
+    if response.getheader("Content-Type") == "application/json":
+        return response.status, json.loads(text)
+    return response.status, text
+
+
+def assert_one_line_of_json(status, answer, code, text):
+    assert status == code and list(answer) == ["error"] and text in answer["error"]
+    assert "\n" not in answer["error"]
+
+
+# ----------------------------------------------------------------------------
+# The server, without a browser
+
+def model_description(page):
+    """What the page is told about the model: the JSON that draw.py writes into it."""
+    return json.loads(page.split("const model = ")[1].split(";\n")[0])
+
+
+def test_the_page_describes_the_model_and_nothing_else_is_served(server):
+    status, page = request(server, "GET", "/")
+    assert status == 200
+    about = model_description(page)
+    assert about["dataset"] == "mnist" and about["classes"] == list("0123456789")
+    assert 0.9 < about["val_accuracy"] <= 1 and about["hidden"] == [64]
+    assert "http://" not in page and "https://" not in page  # nothing fetched from elsewhere
+    for path in ("/../README.md", "/draw.html", "/draw.py", "/predict_script.py", "/index.html",
+                 "/?", "//etc/passwd"):
+        assert_one_line_of_json(*request(server, "GET", path), 404, "no page")
+    assert_one_line_of_json(*request(server, "POST", "/", b"x"), 404, "no page")
+    for method in ("PUT", "DELETE", "PATCH"):
+        assert_one_line_of_json(*request(server, method, "/predict", b"x"), 405, "not served")
+
+
+def test_a_fashion_mnist_model_is_described_with_its_own_classes(drawn_digit_model):
+    _, checkpoint = load_checkpoint(drawn_digit_model)
+    classes = data.DATASETS["fashion-mnist"]["classes"][:9] + ["</script><b>boot"]
+    page = draw.page({**checkpoint, "dataset": "fashion-mnist", "classes": classes,
+                      "metrics": [{"epoch": 1, "val_accuracy": None}]}).decode()
+    about = model_description(page)
+    assert about["dataset"] == "fashion-mnist" and about["classes"][6] == "Shirt"
+    assert about["classes"][9] == "</script><b>boot" and about["val_accuracy"] is None
+    assert page.count("</script>") == 1  # a class name cannot end the page's script
+
+
+def test_bad_drawings_are_one_line_of_json_and_the_server_goes_on(server):
+    assert_one_line_of_json(*request(server, "POST", "/predict", b"not a picture"),
+                            400, "not an image")
+    blank = png(Image.new("RGB", (400, 400), "white"))
+    assert_one_line_of_json(*request(server, "POST", "/predict", blank), 400,
+                            "draw a digit first")
+    transparent = png(Image.new("RGBA", (400, 400), (0, 0, 0, 0)))  # an unpainted canvas
+    assert_one_line_of_json(*request(server, "POST", "/predict", transparent), 400,
+                            "draw a digit first")
+    assert_one_line_of_json(*request(server, "POST", "/predict", b""), 400, "send a PNG")
+    # A body said to be too large is refused before any of it is read.
+    with socket.create_connection(server) as connection:
+        connection.sendall(b"POST /predict HTTP/1.0\r\nContent-Length: 50000000\r\n\r\n")
+        answer = connection.makefile("rb").read().decode()
+    assert answer.startswith("HTTP/1.0 413") and '"error": "send a PNG of 1 to' in answer
+    with socket.create_connection(server) as connection:
+        connection.sendall(b"POST /predict HTTP/1.0\r\n\r\n")
+        assert connection.makefile("rb").read().startswith(b"HTTP/1.0 411")
+    seven = png(drawing(pen_strokes(7, random.Random(1), 400), 20, 400))
+    status, answer = request(server, "POST", "/predict", seven)
+    assert status == 200 and max(range(10), key=answer["probabilities"].__getitem__) == 7
+
+
+def test_the_answer_is_predict_py_s(capsys, server, drawn_digit_model, tmp_path):
+    for digit in (2, 5, 8):
+        path = tmp_path / f"{digit}.png"
+        drawing(pen_strokes(digit, random.Random(digit), 400), 6, 400).save(path)
+        status, answer = request(server, "POST", "/predict", path.read_bytes())
+        assert status == 200
+        code, out, _ = run(capsys, predict_script, drawn_digit_model, path)
+        ranking = sorted(zip(answer["probabilities"], "0123456789"), reverse=True)[:3]
+        assert code == 0 and out == f"{path}: {digit}   (" + ", ".join(
+            f"{name} {100 * p:.1f}%" for p, name in ranking) + ")\n"
+        seen = predict_script.prepare(predict_script.read_image(str(path))[0])
+        assert answer["seen"] == (seen * 255).round().int().flatten().tolist()
+
+
+def test_several_tabs_drawing_at_once_are_all_answered(server):
+    drawings = [png(drawing(pen_strokes(digit, random.Random(digit), 400), 12, 400))
+                for digit in range(8)]
+    alone = [request(server, "POST", "/predict", body)[1] for body in drawings]
+    together = [None] * 8
+    start = threading.Barrier(8)
+
+    def ask(i):
+        start.wait()
+        together[i] = request(server, "POST", "/predict", drawings[i])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert together == [(200, answer) for answer in alone]
+    assert [max(range(10), key=a["probabilities"].__getitem__) for a in alone] == [
+        0, 1, 2, 3, 4, 5, 6, 7]
+
+
+def test_ctrl_c_stops_the_server_with_one_line(drawn_digit_model):
+    process = subprocess.Popen([sys.executable, "draw.py", drawn_digit_model, "--port", "0"],
+                               cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    address = process.stdout.readline().split("http://")[1].split("/")[0]
+    host, port = address.split(":")
+    assert request((host, int(port)), "GET", "/")[0] == 200
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert (process.returncode, out, err) == (0, "stopped\n", "")
+
+
+def test_a_bad_checkpoint_port_or_address_is_one_line(capsys, server, drawn_digit_model,
+                                                      tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert_one_line_error(*run(capsys, draw, tmp_path / "junk.pt")[::2], "not a readable")
+    assert_one_line_error(*run(capsys, draw, tmp_path / "missing.pt")[::2], "no such file")
+    good = drawn_digit_model
+    assert_one_line_error(*run(capsys, draw, good, "--port", server[1])[::2],
+                          f"cannot serve on 127.0.0.1:{server[1]}", "in use")
+    assert_one_line_error(*run(capsys, draw, good, "--port", 70000)[::2], "--port")
+    assert_one_line_error(*run(capsys, draw, good, "--port", "http")[::2], "--port")
+    assert_one_line_error(*run(capsys, draw, good, "--host", "192.0.2.1")[::2],  # not ours
+                          "cannot serve on 192.0.2.1:8000")
+
+
+# ----------------------------------------------------------------------------
+# Thin strokes: a fine pen or a mouse is read as a thick pen is
+
+def test_thin_strokes_are_prepared_and_read_as_thick_ones(drawn_digit_model, monkeypatch):
+    """The same strokes, with a 2-4 pixel pen and a 20-28 pixel one on a 400 x
+    400 page: once prepared, the digits have about the same ink and shape, far
+    closer than without the widening, and the model reads both the same."""
+    model, checkpoint = load_checkpoint(drawn_digit_model)
+    normalization = checkpoint["normalization"]
+
+    def prepared(pen_widths):
+        rng = random.Random(0)
+        images = []
+        for digit in range(10):
+            for _ in range(3):
+                strokes = pen_strokes(digit, rng, 400)
+                images.append(predict_script.prepare(grey_levels(drawing(strokes, rng.choice(
+                    pen_widths), 400))))
+        return torch.stack(images)
+
+    thin, thick = prepared([2, 3, 4]), prepared([20, 24, 28])
+    similarity = F.cosine_similarity(thin.flatten(1), thick.flatten(1))
+    ink = thin.sum(dim=(1, 2)) / thick.sum(dim=(1, 2))
+    assert similarity.mean() > 0.93 and ((0.7 < ink) & (ink < 1.3)).all()
+    with torch.no_grad():
+        read_thin, read_thick = (model(((images - normalization["mean"])
+                                        / normalization["std"])[:, None]).argmax(dim=1)
+                                 for images in (thin, thick))
+    digits = torch.arange(10).repeat_interleave(3)
+    assert (read_thin == read_thick).float().mean() >= 0.9
+    assert (read_thin == digits).float().mean() >= 0.9
+
+    monkeypatch.setattr(predict_script, "thicken", lambda ink: ink)  # as predict.py was
+    thin_unwidened = prepared([2, 3, 4])
+    assert (F.cosine_similarity(thin_unwidened.flatten(1), thick.flatten(1)) < similarity).all()
+    assert (thin_unwidened.sum(dim=(1, 2)) / thick.sum(dim=(1, 2))).mean() < 0.6
+
+
+def test_the_stroke_width_is_the_pen_s():
+    for pen in (3, 10, 30):
+        page = Image.new("L", (400, 400), 0)
+        ImageDraw.Draw(page).line([(50, 200), (350, 200)], fill=255, width=pen)
+        assert predict_script.stroke_width(grey_levels(page)) == pytest.approx(pen, rel=0.1)
+
+
+# ----------------------------------------------------------------------------
+# The page in a real browser: headless Chromium, driven by selenium
+
+INSTALL = "needs a browser: apt-get install chromium chromium-driver; pip install selenium"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.skip(INSTALL)
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip(INSTALL)
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                 "--window-size=700,800", "--disable-background-networking", "--no-first-run",
+                 "--disable-component-update", "--disable-sync"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    yield driver
+    driver.quit()
+
+
+def draw_on_the_canvas(driver, digit):
+    """Digit `digit`'s strokes drawn with the pointer, as a hand would, then
+    wait until the page has the answer to the finished drawing."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    canvas = driver.find_element("id", "canvas")
+    scale = canvas.size["width"] / 400  # the strokes are in the canvas's own pixels
+    for stroke in pen_strokes(digit, random.Random(digit), 400):
+        # selenium's pointer offsets are whole pixels from the canvas's centre
+        points = [(round((x - 200) * scale), round((y - 200) * scale)) for x, y in stroke]
+        hand = ActionChains(driver, duration=10).move_to_element_with_offset(canvas, *points[0])
+        hand.click_and_hold()
+        for (x0, y0), (x1, y1) in zip(points, points[1:]):
+            hand.move_by_offset(x1 - x0, y1 - y0)
+        hand.release().perform()
+    # Chrome hands pointer moves to the page with its next frame: two frames on,
+    # all have arrived; then wait for the page to have no request on its way.
+    driver.execute_async_script("requestAnimationFrame(() => requestAnimationFrame(arguments[0]))")
+    WebDriverWait(driver, 30, poll_frequency=0.05).until(
+        lambda driver: driver.execute_script("return !asking && !changed"))
+
+
+def bars(driver):
+    """The bars as the page shows them: [(class name, percent text, is on top)]."""
+    return [tuple(row) for row in driver.execute_script(
+        "return [...document.querySelectorAll('#bars li')].map(row => ["
+        "row.querySelector('.name').textContent, row.querySelector('.percent').textContent,"
+        "row.classList.contains('top')])")]
+
+
+def seen(driver):
+    """The grey levels of the page's 28 x 28 image of what the model saw."""
+    return driver.execute_script(
+        "const pixels = document.getElementById('seen').getContext('2d')"
+        ".getImageData(0, 0, 28, 28).data;"
+        "return [...pixels.filter((_, i) => i % 4 === 0)]")
+
+
+def canvas_png(driver):
+    """The drawing on the page's canvas, as a PNG."""
+    url = driver.execute_script("return document.getElementById('canvas').toDataURL()")
+    return base64.b64decode(url.split(",")[1])
+
+
+def test_digits_drawn_in_the_browser_are_answered_as_they_are_drawn(browser, server, tmp_path):
+    browser.get(f"http://{server[0]}:{server[1]}/")
+    about = browser.find_element("id", "about").text
+    assert "(784-64-10) trained on MNIST" in about and "accuracy" in about
+    assert [name for name, _, _ in bars(browser)] == list("0123456789")
+    for digit in (1, 7, 0):
+        draw_on_the_canvas(browser, digit)
+        shown = bars(browser)
+        percents = [float(percent.rstrip("%")) for _, percent, _ in shown]
+        top = max(range(10), key=percents.__getitem__)
+        assert shown[top][0] == str(digit) and shown[top][2] and percents[top] > 50
+        assert sum(percents) == pytest.approx(100, abs=1)
+        # The page shows the server's answer to its canvas, pixel for pixel.
+        _, answer = request(server, "POST", "/predict", canvas_png(browser))
+        assert [f"{100 * p:.1f}%" for p in answer["probabilities"]] == [p for _, p, _ in shown]
+        assert seen(browser) == answer["seen"] and sum(answer["seen"]) > 20 * 255
+        browser.save_screenshot(str(tmp_path / f"drawn_{digit}.png"))
+        browser.find_element("id", "clear").click()
+        assert all(percent == "" and not top for _, percent, top in bars(browser))
+        assert not any(seen(browser))
