@@ -65,10 +65,7 @@ def answer(model, checkpoint, png):
     the PNG cannot be read or holds no drawing."""
     gray, _ = predict.read_image(png)
     digit = predict.prepare(gray)
-    normalization = checkpoint["normalization"]
-    normalized = (digit - normalization["mean"]) / normalization["std"]
-    with torch.no_grad():  # no_grad is per thread, and so safe with several at once
-        probabilities = model(normalized[None, None]).softmax(dim=1)[0]
+    probabilities = predict.class_probabilities(model, digit, checkpoint["normalization"])
     return {"probabilities": probabilities.tolist(),
             "seen": (digit * 255).round().int().flatten().tolist()}
 

@@ -145,6 +145,15 @@ def prepare(gray):
     return frame
 
 
+@torch.no_grad()  # per thread: draw.py's server asks from several at once
+def class_probabilities(model, digit, normalization):
+    """The model's probability of each class for a prepared 28 x 28 digit,
+    normalized as the model's training images were."""
+    normalized = (digit - normalization["mean"]) / normalization["std"]
+    device = next(model.parameters()).device
+    return model(normalized[None, None].to(device)).softmax(dim=1)[0].cpu()
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
@@ -162,9 +171,7 @@ def main(argv=None):
             print(f"error: {path}: {error}", file=sys.stderr)
             failed += 1
             continue
-        normalized = (digit - normalization["mean"]) / normalization["std"]
-        with torch.no_grad():
-            probabilities = model(normalized[None, None].to(args.device)).softmax(dim=1)[0]
+        probabilities = class_probabilities(model, digit, normalization)
         top = probabilities.topk(3)
         ranking = ", ".join(f"{classes[i]} {100 * p:.1f}%"
                             for p, i in zip(top.values.tolist(), top.indices.tolist()))
