@@ -205,13 +205,13 @@ METRICS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", 
 
 
 def print_epoch(metrics):
-    def show(value, form):  # a validation figure is None without a validation set
-        return "-" if value is None else format(value, form)
+    def show(name, form):  # the validation figures are None without a validation set
+        return "-" if metrics[name] is None else format(metrics[name], form)
 
-    values = [show(metrics[name], ".4f" if "loss" in name else ".2%") for name in METRICS[1:5]]
-    print(f"{metrics['epoch']:5d}  {values[0]:>10}  {values[1]:>9}  {values[2]:>8}  "
-          f"{values[3]:>8}  {metrics['seconds']:6.1f}s  {metrics['images_per_second']:9,.0f}",
-          flush=True)
+    print(f"{metrics['epoch']:5d}  {show('train_loss', '.4f'):>10}  "
+          f"{show('train_accuracy', '.2%'):>9}  {show('val_loss', '.4f'):>8}  "
+          f"{show('val_accuracy', '.2%'):>8}  {metrics['seconds']:6.1f}s  "
+          f"{metrics['images_per_second']:9,.0f}", flush=True)
 
 
 def main(argv=None):
