@@ -135,7 +135,8 @@ def make_parser():
     other.add_argument("--val-size", type=cli.nonnegative_int, default=5000,
                        help="training images held out for validation (0: train on all)")
     other.add_argument("--seed", type=cli.seed, default=0,
-                       help="seeds the weights, the validation split and the shuffling")
+                       help="seeds the weights, the validation split, the shuffling and "
+                            "the augmentation")
     cli.add_device_and_data_flags(other)
     other.add_argument("--out", type=cli.output_file, default="model.pt",
                        help="where to save the trained model")
