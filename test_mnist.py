@@ -286,6 +286,16 @@ def run_command(*argv, **kwargs):
                           text=True, timeout=120, **kwargs)
 
 
+def start_command(*argv, **kwargs):
+    """The real command line in a fresh Python, running on, as from a terminal:
+    Ctrl-C (SIGINT) reaches it even when the tests themselves run in the
+    background, where the shell starts every process with SIGINT ignored."""
+    return subprocess.Popen([sys.executable, *map(str, argv)], cwd=HERE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                            **kwargs)
+
+
 def assert_one_line_error(code, err, *expected):
     assert code != 0
     assert "Traceback" not in err
@@ -1193,10 +1203,8 @@ def test_the_crafted_checkpoint_would_run_code_if_loaded_unsafely(checkpoint, tm
 
 def test_ctrl_c_saves_the_last_completed_epoch(mnist, tmp_path):
     out = tmp_path / "m.pt"
-    process = subprocess.Popen(
-        [sys.executable, "train.py", "--data-dir", mnist, "--epochs", "100000", "--val-size", "100",
-         "--hidden", "32", "--device", "cpu", "--out", str(out)],
-        cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = start_command("train.py", "--data-dir", mnist, "--epochs", 100000, "--val-size",
+                            100, "--hidden", 32, "--device", "cpu", "--out", out)
     for line in process.stdout:  # wait until two epochs are done
         if line.split()[:1] == ["2"]:
             break
@@ -1326,9 +1334,7 @@ RESUMABLE_RUN = ["--val-size", "100", "--hidden", "32", "--dropout", "0.2", "--a
 
 
 def start_training(mnist, out, *flags):
-    return subprocess.Popen([sys.executable, "train.py", "--data-dir", mnist, "--out", str(out),
-                             *RESUMABLE_RUN, *map(str, flags)],
-                            cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_command("train.py", "--data-dir", mnist, "--out", out, *RESUMABLE_RUN, *flags)
 
 
 def stop_after_epoch(process, epoch, signal_number):
@@ -2061,9 +2067,7 @@ def test_several_tabs_drawing_at_once_are_all_answered(server):
 
 
 def test_ctrl_c_stops_the_server_with_one_line(drawn_digit_model):
-    process = subprocess.Popen([sys.executable, "draw.py", drawn_digit_model, "--port", "0"],
-                               cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = start_command("draw.py", drawn_digit_model, "--port", 0)
     address = process.stdout.readline().split("http://")[1].split("/")[0]
     host, port = address.split(":")
     assert request((host, int(port)), "GET", "/")[0] == 200
