@@ -72,7 +72,12 @@ def read_image(source):
             raise ImageError(f"{image.width:,} x {image.height:,} pixels is too large for a "
                              f"photo of a digit; crop it first")
         image.draft("L", (WORKING_SIZE, WORKING_SIZE))  # JPEG: decode at a reduced size
-        image = ImageOps.exif_transpose(image).convert("L")  # phones store rotation apart
+        image = ImageOps.exif_transpose(image)  # phones store rotation apart
+        if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+            # A drawing app's transparent paper: white, where convert("L") makes it black.
+            paper = Image.new("RGBA", image.size, "white")
+            image = Image.alpha_composite(paper, image.convert("RGBA"))
+        image = image.convert("L")
         image.thumbnail((WORKING_SIZE, WORKING_SIZE))  # keeps the aspect ratio
     except Image.DecompressionBombError:
         raise ImageError("too large for a photo of a digit; crop it first") from None

@@ -26,7 +26,7 @@ from io import BytesIO
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 from torch import nn
 
 import benchmark
@@ -2126,6 +2126,17 @@ def test_thin_strokes_are_prepared_and_read_as_thick_ones(drawn_digit_model, mon
     thin_unwidened = prepared([2, 3, 4])
     assert (F.cosine_similarity(thin_unwidened.flatten(1), thick.flatten(1)) < similarity).all()
     assert (thin_unwidened.sum(dim=(1, 2)) / thick.sum(dim=(1, 2))).mean() < 0.6
+
+
+def test_a_digit_drawn_on_transparent_paper_is_read_as_on_white():
+    strokes = pen_strokes(4, random.Random(4), 400)
+    on_white = drawing(strokes, 12, 400)
+    on_transparent = Image.new("RGBA", (400, 400), (0, 0, 0, 0))
+    on_transparent.putalpha(ImageOps.invert(on_white))  # the ink opaque black, the rest clear
+    for image in (on_transparent, on_transparent.convert("LA")):
+        gray, _ = predict_script.read_image(png(image))
+        assert torch.equal(predict_script.prepare(gray),
+                           predict_script.prepare(grey_levels(on_white)))
 
 
 def test_the_stroke_width_is_the_pen_s():
