@@ -8,8 +8,10 @@ It is written atomically and opened safely (no code in it can run).
 """
 
 import argparse
+import contextlib
 import os
 import re
+import signal
 import sys
 import warnings
 
@@ -163,6 +165,19 @@ def stored_device_or(device, stored):
         return cli.device(stored)
     except argparse.ArgumentTypeError:
         return device
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c():
+    """A cluster's time limit or `kill` sends SIGTERM: inside this block it ends
+    the run as Ctrl-C does (KeyboardInterrupt), so that the last epoch saved is
+    named and nothing is half-written; afterwards the caller's own handler is
+    back (a notebook or a test that calls train.main keeps its own)."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def training_state(model, averaged, optimizer, scheduler, generators):

@@ -10,7 +10,6 @@ hyperparameter. The lesson is train_one_epoch: the training loop's six steps.
 
 import argparse
 import csv
-import signal
 import sys
 import time
 
@@ -263,35 +262,33 @@ def main(argv=None):
         print(f"note: {args.device} has no native bfloat16, so --bf16 runs slower than "
               f"float32 here")
     print("epoch  train loss  train acc  val loss   val acc     time   images/s")
-    # A cluster's time limit or `kill` sends SIGTERM: end the run as Ctrl-C does
-    # (until main returns: a notebook or test that calls main keeps its own).
-    on_sigterm = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        for epoch in range(saved_epoch + 1, args.epochs + 1):
-            # A distorted digit is not quite a test digit: the last --clean-epochs
-            # fit the weights to the images as they are (He et al. 2019, "Data
-            # augmentation revisited", refine on less-augmented data).
-            if epoch > args.epochs - args.clean_epochs:
-                train_set.transform = None
-            start = time.perf_counter()
-            train_loss, train_accuracy = train_one_epoch(model, train_loader, loss_fn,
-                                                         optimizer, scheduler, args.bf16)
-            train_seconds = time.perf_counter() - start
-            val_loss, val_accuracy = validate(kept_model, val_loader)
-            history.append(dict(zip(METRICS, (
-                epoch, train_loss, train_accuracy, val_loss, val_accuracy,
-                time.perf_counter() - start, len(train_set) / train_seconds))))
-            # Saved every epoch, so that a kill or a power cut loses one epoch at
-            # most; the training state is left out of the finished model.
-            finished = epoch == args.epochs
-            checkpoint.save_run(args, kept_model, normalization, history,
-                                None if finished else checkpoint.training_state(
-                                    model, averaged, optimizer, scheduler, generators))
-            saved_epoch = epoch
-            if log:
-                log.writerow(history[-1])
-                log_file.flush()  # on disk now: a kill loses nothing of this epoch
-            print_epoch(history[-1])
+        with checkpoint.sigterm_as_ctrl_c():
+            for epoch in range(saved_epoch + 1, args.epochs + 1):
+                # A distorted digit is not quite a test digit: the last --clean-epochs
+                # fit the weights to the images as they are (He et al. 2019, "Data
+                # augmentation revisited", refine on less-augmented data).
+                if epoch > args.epochs - args.clean_epochs:
+                    train_set.transform = None
+                start = time.perf_counter()
+                train_loss, train_accuracy = train_one_epoch(model, train_loader, loss_fn,
+                                                             optimizer, scheduler, args.bf16)
+                train_seconds = time.perf_counter() - start
+                val_loss, val_accuracy = validate(kept_model, val_loader)
+                history.append(dict(zip(METRICS, (
+                    epoch, train_loss, train_accuracy, val_loss, val_accuracy,
+                    time.perf_counter() - start, len(train_set) / train_seconds))))
+                # Saved every epoch, so that a kill or a power cut loses one epoch at
+                # most; the training state is left out of the finished model.
+                finished = epoch == args.epochs
+                checkpoint.save_run(args, kept_model, normalization, history,
+                                    None if finished else checkpoint.training_state(
+                                        model, averaged, optimizer, scheduler, generators))
+                saved_epoch = epoch
+                if log:
+                    log.writerow(history[-1])
+                    log_file.flush()  # on disk now: a kill loses nothing of this epoch
+                print_epoch(history[-1])
     except KeyboardInterrupt:
         if saved_epoch == 0:
             sys.exit("interrupted before the first epoch finished: nothing saved")
@@ -303,7 +300,6 @@ def main(argv=None):
         sys.exit(f"error: training diverged in epoch {epoch}: {where}. The learning rate "
                  f"{args.lr:g} is probably too large: try a smaller --lr. {kept}.")
     finally:
-        signal.signal(signal.SIGTERM, on_sigterm)
         if log_file:
             log_file.close()
 
