@@ -18,7 +18,7 @@ class MovingAverage:
     one run alone on a GPU, a fifth slower with six runs sharing it)."""
 
     def __init__(self, model, decay, optimizer):
-        self.model = copy.deepcopy(model)  # the average, validated and saved
+        self.average = copy.deepcopy(model)  # the averaged model, validated and saved
         self.decay = decay
         self.steps = 0  # a Python number, so reading it never waits for a GPU
         # Updated after every optimizer.step() by torch's own hook for it: the
@@ -29,7 +29,7 @@ class MovingAverage:
     def update(self, model):
         # Parameters only: an MLP has no buffers (batch norm's running statistics
         # would have to be copied or averaged too).
-        for average, weights in zip(self.model.parameters(), model.parameters()):
+        for average, weights in zip(self.average.parameters(), model.parameters()):
             if self.steps == 0:
                 average.copy_(weights)
             else:

@@ -12,7 +12,6 @@ import contextlib
 import os
 import re
 import signal
-import sys
 import warnings
 
 import torch
@@ -107,16 +106,16 @@ def load_checkpoint(path, device="cpu"):
 
 def save_run(args, model, normalization, history, state):
     """train.py's checkpoint after the last epoch of `history`; `state` is the
-    training state for --resume, or None once the run is finished. One line on
-    stderr, and the earlier file kept, if the disk refuses."""
+    training state for --resume, or None once the run is finished. If the disk
+    refuses, CheckpointError, and the earlier file is kept."""
     try:
         save_checkpoint(args.out, model, normalization,
                         dataset=args.dataset, classes=data.DATASETS[args.dataset]["classes"],
                         train_args={**vars(args), "device": str(args.device)},
                         metrics=history, epochs_completed=len(history), training_state=state)
     except OSError as error:
-        sys.exit(f"error: cannot save {args.out}: {error.strerror}; "
-                 f"any earlier file there is unchanged")
+        raise CheckpointError(f"cannot save {args.out}: {error.strerror}; any earlier "
+                              f"file there is unchanged") from None
 
 
 # ----------------------------------------------------------------------------
@@ -127,30 +126,25 @@ def save_run(args, model, normalization, history, state):
 MAY_CHANGE_ON_RESUME = ("data_dir", "device", "out", "log", "resume")
 
 
-def resumed_args(parser, args, argv):
+class ChangedFlag(ValueError):
+    """A flag given with --resume that would change the stored run."""
+
+
+def resumed_args(parser, args, given):
     """For --resume: the flags stored in the checkpoint (and those of
-    MAY_CHANGE_ON_RESUME that the command line gives), and the checkpoint."""
-    try:
-        _, checkpoint = load_checkpoint(args.resume)
-    except CheckpointError as error:
-        sys.exit(f"error: {error}")
+    MAY_CHANGE_ON_RESUME among the `given` ones), and the checkpoint. Raises
+    CheckpointError for a file that cannot be resumed, ChangedFlag for a given
+    flag that differs from the run's own."""
+    _, checkpoint = load_checkpoint(args.resume)
     # A flag added since the run was saved takes its default, which does what
     # train.py did before it had the flag.
     stored = {**vars(parser.parse_args([])), **checkpoint["train_args"]}
-    if checkpoint["training_state"] is None:
-        print(f"{args.resume} is a finished run ({checkpoint['epochs_completed']} of "
-              f"{stored['epochs']} epochs): nothing to resume")
-        sys.exit(0)
-    # Which flags did the command line give? Parse it again into a namespace that
-    # has every attribute already, so that argparse fills in no default.
-    unset = object()
-    given = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args), unset)))
-    given = {name: value for name, value in vars(given).items() if value is not unset}
     for name, value in given.items():
         if name not in MAY_CHANGE_ON_RESUME and value != stored[name]:
-            parser.error(f"{cli.as_flag(name, value)} would change the run in {args.resume} "
-                         f"({cli.as_flag(name, stored[name])}), which --resume continues as "
-                         f"it was: leave {cli.as_flag(name, value).split()[0]} out")
+            raise ChangedFlag(f"{cli.as_flag(name, value)} would change the run in "
+                              f"{args.resume} ({cli.as_flag(name, stored[name])}), which "
+                              f"--resume continues as it was: leave "
+                              f"{cli.as_flag(name, value).split()[0]} out")
     device = stored_device_or(args.device, stored["device"])
     args = argparse.Namespace(**{**stored, "device": device, "out": args.resume,
                                  "resume": args.resume, **given})
@@ -201,7 +195,7 @@ def restore_training_state(state, model, averaged, optimizer, scheduler, generat
     then draws the same shuffling, distortions and dropout, from the same
     weights, as it would have in the run never interrupted."""
     if averaged is not None:
-        averaged.model.load_state_dict(model.state_dict())
+        averaged.average.load_state_dict(model.state_dict())
         model.load_state_dict(state["averaging"]["weights"])
         averaged.steps = int(state["averaging"]["steps"])  # a tensor in older checkpoints
     optimizer.load_state_dict(state["optimizer"])
@@ -232,6 +226,10 @@ def resume(checkpoint, args, model, averaged, optimizer, scheduler, generators):
         restore_training_state(checkpoint["training_state"], model, averaged, optimizer,
                                scheduler, restorable)
     except (KeyError, TypeError, ValueError, RuntimeError):
-        sys.exit(f"error: {args.resume}: its training state does not fit the run its flags "
-                 f"describe; nothing was trained")
+        raise CheckpointError(f"{args.resume}: its training state does not fit the run its "
+                              f"flags describe; nothing was trained") from None
+    if args.optimizer == "sgd" and getattr(scheduler, "cycle_momentum", False):
+        print("note: this run was begun by an older train.py, whose one-cycle schedule "
+              "cycles SGD's momentum (0.95 to 0.85 and back) in place of --momentum; it "
+              "goes on as it began")
     return checkpoint["metrics"]

@@ -17,6 +17,8 @@ import tempfile
 
 import torch
 
+import data
+
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, except that a bad flag prints one line, not the usage block."""
@@ -141,6 +143,37 @@ def output_folder(path):
     except OSError as error:
         raise argparse.ArgumentTypeError(f"cannot write into {path}: {error.strerror}") from None
     return path
+
+
+def given_flags(parser, argv):
+    """The flags that the command line `argv` gives, as {argparse name: value}:
+    argparse itself does not tell them from the defaults. Parsed again into a
+    namespace that has every attribute already, so that no default is filled in."""
+    unset = object()
+    names = vars(parser.parse_args(argv))
+    given = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(names, unset)))
+    return {name: value for name, value in vars(given).items() if value is not unset}
+
+
+def idle_flags(args, given):
+    """train.py's flags among `given` that no value of could change its run,
+    each with why. They are named in a note, not refused: a sweep may pass one
+    set of flags to runs that use different parts of it."""
+    idle = {}
+    if args.optimizer != "sgd":
+        idle["momentum"] = f"it is sgd's ({args.optimizer}'s beta1 is torch's)"
+    if args.scheduler != "step":
+        idle["gamma"] = "it belongs to --scheduler step"
+    if not args.augment:
+        idle.update(dict.fromkeys(data.DISTORTION_DEFAULTS, "--no-augment distorts nothing"))
+    elif args.elastic_alpha == 0:
+        idle["elastic_sigma"] = "there is no elastic distortion at --elastic-alpha 0"
+    if args.show_augmentation:
+        training = ["hidden", "dropout", "optimizer", "lr", "momentum", "weight_decay",
+                    "scheduler", "gamma", "batch_size", "epochs", "label_smoothing", "ema",
+                    "bf16", "clean_epochs", "out", "log"]
+        idle.update(dict.fromkeys(training, "--show-augmentation trains nothing"))
+    return {name: why for name, why in idle.items() if name in given}
 
 
 def as_flag(name, value):

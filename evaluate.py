@@ -18,7 +18,7 @@ import torch.nn.functional as F
 import cli
 import data
 from checkpoint import CheckpointError, load_checkpoint
-from model import predict
+from model import logits_and_labels
 
 
 def parse_args(argv=None):
@@ -77,7 +77,8 @@ def main(argv=None):
           f"{checkpoint['epochs_completed']} of {epochs}"
           + (" (the run is not finished)" if checkpoint["training_state"] else "") + "\n")
 
-    logits, labels = predict(model, data.make_loader(test_set, batch_size=1000, shuffle=False))
+    test_loader = data.make_loader(test_set, batch_size=1000, shuffle=False)
+    logits, labels = logits_and_labels(model, test_loader)
     predictions = logits.argmax(dim=1)  # the class with the largest logit
     correct = predictions == labels
     counts = confusion_matrix(labels, predictions)

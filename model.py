@@ -1,4 +1,4 @@
-"""The multi-layer perceptron, and how to ask it for predictions.
+"""The multi-layer perceptron, and how to ask it for its predictions.
 
 The class below runs on its own: paste it after `import torch` and
 `from torch import nn`.
@@ -39,7 +39,7 @@ class MLP(nn.Module):
 
 
 @torch.no_grad()
-def predict(model, loader):
+def logits_and_labels(model, loader):
     """The model's logits for every batch of `loader`, and the labels, in order,
     on the model's device."""
     model.eval()  # no dropout

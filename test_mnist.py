@@ -8,6 +8,7 @@ few run the real command line in a subprocess.
 """
 
 import base64
+import csv
 import errno
 import http.client
 import json
@@ -35,12 +36,12 @@ import data
 import draw
 import evaluate
 import pictures
-import predict as predict_script
+import predict
 import train
 from averaging import MovingAverage
 from checkpoint import CHECKPOINT_FIELDS, load_checkpoint, model_config, save_checkpoint
 from cli import replacing
-from model import MLP, predict
+from model import MLP, logits_and_labels
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -428,18 +429,50 @@ def test_train_prints_one_line_per_epoch_and_saves(capsys, mnist, tmp_path):
                           "--val-size", 100, "--device", "cpu", "--out", out, "--log", log)
     assert code == 0
     assert stdout.splitlines()[1].split() == ["epoch", "train", "loss", "train", "acc", "val",
-                                              "loss", "val", "acc", "time", "images/s"]
+                                              "loss", "val", "acc", "time", "images/s", "lr",
+                                              "momentum"]
     epoch_lines = [line.split() for line in stdout.splitlines() if line.split()[0].isdigit()]
     assert [line[0] for line in epoch_lines] == ["1", "2", "3"]
     assert f"saved {out}" in stdout
-    rows = log.read_text().splitlines()
-    assert rows[0].split(",")[:5] == ["epoch", "train_loss", "train_accuracy", "val_loss",
-                                      "val_accuracy"]
-    assert len(rows) == 4
+    rows = list(csv.DictReader(log.open()))
+    assert list(rows[0]) == train.METRICS == [
+        "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds",
+        "images_per_second", "lr", "momentum"]
+    assert len(rows) == 3
     checkpoint = torch.load(out, weights_only=True)
     assert checkpoint["epochs_completed"] == 3 and checkpoint["training_state"] is None
-    assert len(checkpoint["metrics"]) == 3
+    assert checkpoint["metrics"] == [{name: pytest.approx(float(value)) for name, value in
+                                      row.items()} for row in rows]
+    for line, row in zip(epoch_lines, rows):  # the line shows the CSV's rate and momentum
+        assert line[-2:] == [f"{float(row['lr']):.2e}", f"{float(row['momentum']):.3f}"]
     assert checkpoint["train_args"]["hidden"] == [32]
+
+
+def rates_and_momenta(capsys, mnist, tmp_path, *flags):
+    """Each epoch's learning rate and momentum, as the checkpoint stores them,
+    of a 3-epoch run of 50 steps an epoch at --lr 0.01."""
+    out = tmp_path / "m.pt"
+    code, _, err = run(capsys, train, "--data-dir", mnist, "--epochs", 3, "--hidden", 16,
+                       "--val-size", 100, "--batch-size", 10, "--lr", "0.01", "--out", out,
+                       *flags)
+    assert code == 0, err
+    metrics = torch.load(out, weights_only=True)["metrics"]
+    return [row["lr"] for row in metrics], [row["momentum"] for row in metrics]
+
+
+def test_each_epoch_shows_the_rate_and_momentum_the_schedule_left(capsys, mnist, tmp_path):
+    # Adam under one-cycle: the rate up to --lr and down to almost 0, beta1
+    # against it, 0.95 at the ends and 0.85 at the peak (torch's own)
+    rates, momenta = rates_and_momenta(capsys, mnist, tmp_path)
+    assert 0.005 < rates[0] <= 0.01 and rates[1] < rates[0] and rates[2] < 1e-4
+    assert 0.85 < momenta[0] < momenta[1] < momenta[2] == pytest.approx(0.95, abs=1e-3)
+    # SGD: the same rates, and its momentum is --momentum's
+    sgd = rates_and_momenta(capsys, mnist, tmp_path, "--optimizer", "sgd", "--momentum", "0.5")
+    assert sgd == (rates, [0.5, 0.5, 0.5])
+    assert rates_and_momenta(capsys, mnist, tmp_path, "--optimizer", "sgd", "--scheduler", "step",
+                             "--gamma", "0.5") == ([0.005, 0.0025, 0.00125], [0.9, 0.9, 0.9])
+    assert rates_and_momenta(capsys, mnist, tmp_path, "--scheduler", "none") == (
+        [0.01, 0.01, 0.01], [0.9, 0.9, 0.9])  # Adam's beta1, torch's default
 
 
 @pytest.mark.parametrize("flags", [
@@ -488,7 +521,7 @@ def test_validation_loss_is_plain_cross_entropy_whatever_the_smoothing(capsys, m
     assert code == 0
     model, checkpoint = load_checkpoint(out)
     _, val_set = split(mnist, 100, 0)
-    logits, labels = predict(model, data.make_loader(val_set, 1000, shuffle=False))
+    logits, labels = logits_and_labels(model, data.make_loader(val_set, 1000, shuffle=False))
     plain = F.cross_entropy(logits, labels).item()
     assert checkpoint["metrics"][0]["val_loss"] == pytest.approx(plain)
     smoothed = F.cross_entropy(logits, labels, label_smoothing=0.5).item()
@@ -603,7 +636,7 @@ def test_ema_averages_the_weights_after_every_step(mnist):
     train.train_one_epoch(model, loader, loss_fn, optimizer)
     train.train_one_epoch(plain, loader, loss_fn, torch.optim.SGD(plain.parameters(), lr=0.5))
     first, second = after_each_step
-    for average, w1, w2 in zip(averaged.model.parameters(), first, second):
+    for average, w1, w2 in zip(averaged.average.parameters(), first, second):
         assert torch.allclose(average, 0.9 * w1 + 0.1 * w2, atol=1e-6)
     for trained, without in zip(model.parameters(), plain.parameters()):
         assert torch.equal(trained, without)
@@ -627,7 +660,7 @@ def test_ema_is_bit_identical_to_torchs_averaged_model(mnist):
             optimizer.step()
             torchs.update_parameters(model)
     assert ours.steps == int(torchs.n_averaged) == 6
-    for a, b in zip(ours.model.parameters(), torchs.module.parameters()):
+    for a, b in zip(ours.average.parameters(), torchs.module.parameters()):
         assert torch.equal(a, b)
 
 
@@ -664,13 +697,13 @@ def test_ema_run_resumes_from_a_checkpoint_that_counts_its_steps_in_a_tensor(
 
 
 def test_training_switches_dropout_back_on_after_evaluation(mnist):
-    """predict() (validation) puts the model in eval mode; the next epoch must
+    """logits_and_labels() (validation) puts the model in eval mode; the next epoch must
     train with dropout again: its loss is then not the eval-mode loss."""
     torch.manual_seed(0)
     model = MLP([256], dropout=0.5)
     loader = two_batch_loader(mnist)
     loss_fn = torch.nn.CrossEntropyLoss()
-    predict(model, loader)  # as validate() does after every epoch
+    logits_and_labels(model, loader)  # as validate() does after every epoch
     assert not model.training
     eval_loss = sum(loss_fn(model(images), labels).item() for images, labels in loader) / 2
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
@@ -685,10 +718,10 @@ def test_prediction_is_deterministic_and_without_dropout(mnist):
     without_dropout = MLP([256], dropout=0.0)
     without_dropout.load_state_dict(model.state_dict())
     loader = two_batch_loader(mnist)
-    first, _ = predict(model, loader)
-    second, _ = predict(model, loader)
+    first, _ = logits_and_labels(model, loader)
+    second, _ = logits_and_labels(model, loader)
     assert torch.equal(first, second)
-    assert torch.allclose(first, predict(without_dropout, loader)[0])
+    assert torch.allclose(first, logits_and_labels(without_dropout, loader)[0])
 
 
 def test_validation_uses_the_model_without_dropout(mnist):
@@ -700,7 +733,7 @@ def test_validation_uses_the_model_without_dropout(mnist):
     without_dropout = MLP([256], dropout=0.0)
     without_dropout.load_state_dict(model.state_dict())
     assert train.validate(model, val_loader) == train.validate(without_dropout, val_loader)
-    logits, labels = predict(without_dropout, val_loader)
+    logits, labels = logits_and_labels(without_dropout, val_loader)
     accuracy = (logits.argmax(1) == labels).float().mean().item()
     assert train.validate(model, val_loader)[1] == accuracy
 
@@ -815,8 +848,8 @@ def test_checkpoint_round_trip_keeps_predictions_identical(checkpoint, mnist):
     test_loader = data.make_loader(mnist_test_set(mnist), 1000, shuffle=False)
     rebuilt = MLP(**original["config"])
     rebuilt.load_state_dict(original["state_dict"])
-    logits, _ = predict(model, test_loader)
-    expected, _ = predict(rebuilt, test_loader)
+    logits, _ = logits_and_labels(model, test_loader)
+    expected, _ = logits_and_labels(rebuilt, test_loader)
     assert torch.equal(logits, expected)
 
 
@@ -851,17 +884,17 @@ def test_confusion_matrix_counts_true_rows_and_predicted_columns():
 
 def test_error_grid_draws_the_test_images_as_stored_with_probabilities(
         capsys, checkpoint, mnist, tmp_path, monkeypatch):
-    real_predict = evaluate.predict
+    real_logits = evaluate.logits_and_labels
 
     def always_wrong(model, loader):  # every prediction one class off, 70 % sure
-        _, labels = real_predict(model, loader)
+        _, labels = real_logits(model, loader)
         logits = torch.zeros(len(labels), 10, device=labels.device)
         logits[torch.arange(len(labels)), (labels + 1) % 10] = torch.tensor(0.7 * 9 / 0.3).log()
         return logits, labels
 
     drawn = {}
     real_grid = pictures.captioned_digits
-    monkeypatch.setattr(evaluate, "predict", always_wrong)
+    monkeypatch.setattr(evaluate, "logits_and_labels", always_wrong)
     monkeypatch.setattr(pictures, "captioned_digits", lambda images, captions: drawn.update(
         images=images, captions=captions) or real_grid(images, captions))
     code, _, _ = run(capsys, evaluate, checkpoint, "--data-dir", mnist, "--errors",
@@ -1670,7 +1703,7 @@ def test_digits_on_paper_are_read_as_their_28_x_28_forms(capsys, checkpoint, tmp
     small_forms = []
     for drawing in digit_drawings():
         pixels = torch.frombuffer(bytearray(drawing.tobytes()), dtype=torch.uint8)
-        small_forms.append(predict_script.prepare(pixels.view(420, 300).float() / 255))
+        small_forms.append(predict.prepare(pixels.view(420, 300).float() / 255))
     with torch.no_grad():
         inputs = (torch.stack(small_forms)[:, None] - normalization["mean"]) / normalization["std"]
         expected = model(inputs).argmax(dim=1).tolist()
@@ -1679,7 +1712,7 @@ def test_digits_on_paper_are_read_as_their_28_x_28_forms(capsys, checkpoint, tmp
         for extension in ("png", "jpg"):
             paths.append(tmp_path / f"digit{digit}.{extension}")
             as_photo(drawing, paths[-1])
-    code, stdout, err = run(capsys, predict_script, checkpoint, *paths, "--show", tmp_path / "seen")
+    code, stdout, err = run(capsys, predict, checkpoint, *paths, "--show", tmp_path / "seen")
     assert code == 0, err
     answers = [line.split()[1] for line in stdout.splitlines()]
     agree = sum(answer == str(expected[i // 2]) for i, answer in enumerate(answers))
@@ -1693,8 +1726,8 @@ def test_the_preparation_is_mnist_s(tmp_path):
     whatever the size, place and polarity of the digit in the image."""
     drawing = digit_drawings()[7]
     as_photo(drawing, tmp_path / "seven.png")
-    gray, _ = predict_script.read_image(tmp_path / "seven.png")
-    digit = predict_script.prepare(gray)
+    gray, _ = predict.read_image(tmp_path / "seven.png")
+    digit = predict.prepare(gray)
     assert digit.shape == (28, 28) and digit.max() == 1 and digit[0].sum() == 0
     rows, columns = digit.sum(dim=1).nonzero(), digit.sum(dim=0).nonzero()
     assert max(rows[-1] - rows[0] + 1, columns[-1] - columns[0] + 1) == 20
@@ -1731,7 +1764,7 @@ def test_bad_images_are_one_line_each_and_the_good_ones_still_answered(
     huge_png(tmp_path / "large.png", 12000, 10000)  # by predict.py
     paths = [tmp_path / name for name in ("missing.png", "text.png", "truncated.jpg")] + [
         good] + [tmp_path / name for name in ("blank.jpg", "huge.png", "large.png")]
-    code, stdout, err = run(capsys, predict_script, checkpoint, *paths)
+    code, stdout, err = run(capsys, predict, checkpoint, *paths)
     assert code == 1 and "Traceback" not in err
     lines = err.strip().splitlines()
     assert len(lines) == 6
@@ -1892,7 +1925,7 @@ def drawing(strokes, pen, size):
 
 
 def grey_levels(page):
-    """A PIL image as predict_script.read_image gives it: grey levels in [0, 1]."""
+    """A PIL image as predict.read_image gives it: grey levels in [0, 1]."""
     pixels = torch.frombuffer(bytearray(page.tobytes()), dtype=torch.uint8)
     return pixels.view(page.height, page.width).float() / 255
 
@@ -1916,13 +1949,13 @@ def one_thread():
 @pytest.fixture(scope="session")
 def drawn_digit_model(tmp_path_factory):
     """A checkpoint of a small MLP trained on drawn digits, each prepared as
-    predict_script.py prepares a photo: 600 drawings, pens from fine to thick."""
+    predict.py prepares a photo: 600 drawings, pens from fine to thick."""
     rng = random.Random(0)
     labels = torch.arange(600) % 10
     images = []
     for digit in labels.tolist():
         page = drawing(pen_strokes(digit, rng, 200), rng.randint(1, 15), 200)
-        images.append(predict_script.prepare(grey_levels(page)))
+        images.append(predict.prepare(grey_levels(page)))
     images = torch.stack(images)
     normalization = {"mean": images.mean().item(), "std": images.std().item()}
     inputs = ((images - normalization["mean"]) / normalization["std"])[:, None]
@@ -1989,7 +2022,7 @@ def test_the_page_describes_the_model_and_nothing_else_is_served(server):
     assert about["dataset"] == "mnist" and about["classes"] == list("0123456789")
     assert 0.9 < about["val_accuracy"] <= 1 and about["hidden"] == [64]
     assert "http://" not in page and "https://" not in page  # nothing fetched from elsewhere
-    for path in ("/../README.md", "/draw.html", "/draw.py", "/predict_script.py", "/index.html",
+    for path in ("/../README.md", "/draw.html", "/draw.py", "/predict.py", "/index.html",
                  "/?", "//etc/passwd"):
         assert_one_line_of_json(*request(server, "GET", path), 404, "no page")
     assert_one_line_of_json(*request(server, "POST", "/", b"x"), 404, "no page")
@@ -2037,11 +2070,11 @@ def test_the_answer_is_predict_py_s(capsys, server, drawn_digit_model, tmp_path)
         drawing(pen_strokes(digit, random.Random(digit), 400), 6, 400).save(path)
         status, answer = request(server, "POST", "/predict", path.read_bytes())
         assert status == 200
-        code, out, _ = run(capsys, predict_script, drawn_digit_model, path)
+        code, out, _ = run(capsys, predict, drawn_digit_model, path)
         ranking = sorted(zip(answer["probabilities"], "0123456789"), reverse=True)[:3]
         assert code == 0 and out == f"{path}: {digit}   (" + ", ".join(
             f"{name} {100 * p:.1f}%" for p, name in ranking) + ")\n"
-        seen = predict_script.prepare(predict_script.read_image(str(path))[0])
+        seen = predict.prepare(predict.read_image(str(path))[0])
         assert answer["seen"] == (seen * 255).round().int().flatten().tolist()
 
 
@@ -2106,7 +2139,7 @@ def test_thin_strokes_are_prepared_and_read_as_thick_ones(drawn_digit_model, mon
         for digit in range(10):
             for _ in range(3):
                 strokes = pen_strokes(digit, rng, 400)
-                images.append(predict_script.prepare(grey_levels(drawing(strokes, rng.choice(
+                images.append(predict.prepare(grey_levels(drawing(strokes, rng.choice(
                     pen_widths), 400))))
         return torch.stack(images)
 
@@ -2122,7 +2155,7 @@ def test_thin_strokes_are_prepared_and_read_as_thick_ones(drawn_digit_model, mon
     assert (read_thin == read_thick).float().mean() >= 0.9
     assert (read_thin == digits).float().mean() >= 0.9
 
-    monkeypatch.setattr(predict_script, "thicken", lambda ink: ink)  # as predict.py was
+    monkeypatch.setattr(predict, "thicken", lambda ink: ink)  # as predict.py was
     thin_unwidened = prepared([2, 3, 4])
     assert (F.cosine_similarity(thin_unwidened.flatten(1), thick.flatten(1)) < similarity).all()
     assert (thin_unwidened.sum(dim=(1, 2)) / thick.sum(dim=(1, 2))).mean() < 0.6
@@ -2134,16 +2167,16 @@ def test_a_digit_drawn_on_transparent_paper_is_read_as_on_white():
     on_transparent = Image.new("RGBA", (400, 400), (0, 0, 0, 0))
     on_transparent.putalpha(ImageOps.invert(on_white))  # the ink opaque black, the rest clear
     for image in (on_transparent, on_transparent.convert("LA")):
-        gray, _ = predict_script.read_image(png(image))
-        assert torch.equal(predict_script.prepare(gray),
-                           predict_script.prepare(grey_levels(on_white)))
+        gray, _ = predict.read_image(png(image))
+        assert torch.equal(predict.prepare(gray),
+                           predict.prepare(grey_levels(on_white)))
 
 
 def test_the_stroke_width_is_the_pen_s():
     for pen in (3, 10, 30):
         page = Image.new("L", (400, 400), 0)
         ImageDraw.Draw(page).line([(50, 200), (350, 200)], fill=255, width=pen)
-        assert predict_script.stroke_width(grey_levels(page)) == pytest.approx(pen, rel=0.1)
+        assert predict.stroke_width(grey_levels(page)) == pytest.approx(pen, rel=0.1)
 
 
 # ----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import checkpoint
 import cli
 import data
 from averaging import MovingAverage
-from model import MLP, predict
+from model import MLP, logits_and_labels
 
 # ----------------------------------------------------------------------------
 # The training loop
@@ -67,7 +67,7 @@ def validate(model, val_loader):
     keeps a loss above 0.5): the figure evaluate.py reports on the test set."""
     if len(val_loader.dataset) == 0:
         return None, None
-    logits, labels = predict(model, val_loader)
+    logits, labels = logits_and_labels(model, val_loader)
     return (F.cross_entropy(logits, labels).item(),
             (logits.argmax(dim=1) == labels).float().mean().item())
 
@@ -88,13 +88,16 @@ def make_parser():
                        help="how the gradients update the weights")
     optim.add_argument("--lr", type=cli.positive_float, default=1e-3,
                        help="learning rate (the peak one if a scheduler varies it)")
-    optim.add_argument("--momentum", type=cli.fraction, default=0.9, help="for sgd")
+    optim.add_argument("--momentum", type=cli.fraction, default=0.9,
+                       help="sgd's momentum, under every schedule (adam and adamw keep "
+                            "torch's beta1: 0.9, cycled 0.95-0.85 by onecycle)")
     optim.add_argument("--weight-decay", type=cli.nonnegative_float, default=0.0,
                        help="L2 penalty (decoupled for adamw)")
     optim.add_argument("--scheduler", choices=["none", "step", "cosine", "onecycle"],
-                       default="onecycle", help="learning-rate schedule over the run")
+                       default="onecycle", help="learning-rate schedule over the run "
+                       "(onecycle: up to --lr in the first 30%% of the steps, then down)")
     optim.add_argument("--gamma", type=cli.positive_float, default=0.7,
-                       help="for the step scheduler: multiply the rate by this each epoch")
+                       help="with --scheduler step: multiply the rate by this each epoch")
     optim.add_argument("--batch-size", type=cli.positive_int, default=128,
                        help="images per gradient step")
     optim.add_argument("--epochs", type=cli.positive_int, default=5,
@@ -105,23 +108,29 @@ def make_parser():
                        help="validate and save a moving average of the weights, updated "
                             "after every step with this decay, e.g. 0.999 (0: off)")
     optim.add_argument("--bf16", action="store_true",
-                       help="train in mixed precision: the forward pass and the loss in "
-                            "bfloat16; weights, optimizer and checkpoints stay float32")
+                       help="train in mixed precision: the layers' matrix products in "
+                            "bfloat16, the loss in float32; weights, optimizer and "
+                            "checkpoints stay float32")
     augment = parser.add_argument_group("data augmentation (training images only)")
     augment.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                          help="distort every training image anew each time it is used")
-    augment.add_argument("--rotation", type=cli.nonnegative_float, default=5.0,
+    # The distortion flags act with --augment (the default) only.
+    distortion = data.DISTORTION_DEFAULTS
+    augment.add_argument("--rotation", type=cli.nonnegative_float, default=distortion["rotation"],
                          help="random rotation, up to this many degrees either way")
-    augment.add_argument("--scale", type=cli.fraction, default=0.05,
+    augment.add_argument("--scale", type=cli.fraction, default=distortion["scale"],
                          help="random scaling, up to this fraction either way")
-    augment.add_argument("--shear", type=cli.nonnegative_float, default=0.0,
+    augment.add_argument("--shear", type=cli.nonnegative_float, default=distortion["shear"],
                          help="random horizontal shear, up to this many degrees either way")
-    augment.add_argument("--shift", type=cli.nonnegative_float, default=1.0,
+    augment.add_argument("--shift", type=cli.nonnegative_float, default=distortion["shift"],
                          help="random shift, up to this many pixels either way")
-    augment.add_argument("--elastic-alpha", type=cli.nonnegative_float, default=0.0,
-                         help="elastic distortion strength in pixels (0: none)")
-    augment.add_argument("--elastic-sigma", type=cli.positive_float, default=4.0,
-                         help="smoothness of the elastic distortion in pixels")
+    augment.add_argument("--elastic-alpha", type=cli.nonnegative_float,
+                         default=distortion["elastic_alpha"],
+                         help="elastic distortion: Simard et al.'s alpha, the scale of a "
+                              "smoothed random field (34, sigma 5: 1.2 px on average; 0: off)")
+    augment.add_argument("--elastic-sigma", type=cli.positive_float,
+                         default=distortion["elastic_sigma"],
+                         help="with --elastic-alpha: the field's smoothness in pixels")
     augment.add_argument("--clean-epochs", type=cli.nonnegative_int, default=0, metavar="N",
                          help="train the last N epochs on the images as they are, "
                               "undistorted (0: distort to the end)")
@@ -147,19 +156,31 @@ def make_parser():
 
 
 def parse_args(argv=None):
-    """The flags and None, or with --resume, the run's stored flags and its checkpoint."""
+    """The flags, the checkpoint with --resume (else None), and the flags that
+    the command line gave, which may be idle."""
     parser = make_parser()
     args = parser.parse_args(argv)
+    given = cli.given_flags(parser, argv)
     if args.show_augmentation and not args.augment:
         parser.error("argument --show-augmentation: there is nothing to show with --no-augment")
-    if args.resume is not None:
-        return checkpoint.resumed_args(parser, args, argv)
+    if args.resume is not None:  # the run's own flags, stored in its checkpoint
+        try:
+            args, resumed = checkpoint.resumed_args(parser, args, given)
+        except checkpoint.ChangedFlag as error:
+            parser.error(str(error))
+        except checkpoint.CheckpointError as error:
+            sys.exit(f"error: {error}")
+        if resumed["training_state"] is None:
+            print(f"{args.resume} is a finished run ({resumed['epochs_completed']} of "
+                  f"{args.epochs} epochs): nothing to resume")
+            sys.exit(0)
+        return args, resumed, given
     if args.clean_epochs and not args.augment:
         parser.error("argument --clean-epochs: with --no-augment every epoch is clean")
     if args.clean_epochs > args.epochs:
         parser.error(f"argument --clean-epochs: {args.clean_epochs} is more than "
                      f"--epochs {args.epochs}")
-    return args, None
+    return args, None, given
 
 
 def make_augmentation(args, normalization):
@@ -194,14 +215,24 @@ def make_scheduler(optimizer, args, steps_per_epoch):
     if args.scheduler == "cosine":
         return schedulers.CosineAnnealingLR(optimizer, T_max=total_steps)
     if args.scheduler == "onecycle":
-        return schedulers.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total_steps)
+        # torch's one-cycle moves the momentum against the rate, 0.95 to 0.85 and
+        # back: Adam's beta1 so, but SGD's momentum is --momentum, as it says.
+        return schedulers.OneCycleLR(optimizer, max_lr=args.lr, total_steps=total_steps,
+                                     cycle_momentum=args.optimizer != "sgd")
     return None
 
 
 # ----------------------------------------------------------------------------
 
 METRICS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds",
-           "images_per_second"]
+           "images_per_second", "lr", "momentum"]
+
+
+def rate_and_momentum(optimizer):
+    """The learning rate and momentum of the next step, as the schedule left them:
+    SGD's momentum, or its counterpart in Adam, beta1."""
+    settings = optimizer.param_groups[0]
+    return settings["lr"], settings["momentum"] if "momentum" in settings else settings["betas"][0]
 
 
 def print_epoch(metrics):
@@ -211,11 +242,14 @@ def print_epoch(metrics):
     print(f"{metrics['epoch']:5d}  {show('train_loss', '.4f'):>10}  "
           f"{show('train_accuracy', '.2%'):>9}  {show('val_loss', '.4f'):>8}  "
           f"{show('val_accuracy', '.2%'):>8}  {metrics['seconds']:6.1f}s  "
-          f"{metrics['images_per_second']:9,.0f}", flush=True)
+          f"{metrics['images_per_second']:9,.0f}  {metrics['lr']:8.2e}  "
+          f"{metrics['momentum']:8.3f}", flush=True)
 
 
 def main(argv=None):
-    args, resumed = parse_args(argv)
+    args, resumed, given = parse_args(argv)
+    for name, why in cli.idle_flags(args, given).items():
+        print(f"note: {cli.as_flag(name, getattr(args, name))} does nothing in this run: {why}")
     torch.manual_seed(args.seed)  # the initial weights and dropout
     try:
         train_set, val_set, normalization = data.train_val_sets(
@@ -239,7 +273,7 @@ def main(argv=None):
     optimizer = make_optimizer(model, args)
     averaged = MovingAverage(model, args.ema, optimizer) if args.ema else None
     # The model that is validated and saved: the trained one, or its average.
-    kept_model = model if averaged is None else averaged.model
+    kept_model = model if averaged is None else averaged.average
     scheduler = make_scheduler(optimizer, args, len(train_loader))
     generators = {"shuffling": shuffling}
     if augmentation:
@@ -247,8 +281,11 @@ def main(argv=None):
 
     history = []  # one dict of metrics per epoch
     if resumed:  # --resume: the epochs done so far, and the state they left
-        history = checkpoint.resume(resumed, args, model, averaged, optimizer, scheduler,
-                                     generators)
+        try:
+            history = checkpoint.resume(resumed, args, model, averaged, optimizer, scheduler,
+                                         generators)
+        except checkpoint.CheckpointError as error:
+            sys.exit(f"error: {error}")
     log_file = open(args.log, "w", newline="") if args.log else None
     log = csv.DictWriter(log_file, fieldnames=METRICS) if log_file else None
     if log:
@@ -261,7 +298,8 @@ def main(argv=None):
     if args.bf16 and not cli.has_native_bf16(args.device):
         print(f"note: {args.device} has no native bfloat16, so --bf16 runs slower than "
               f"float32 here")
-    print("epoch  train loss  train acc  val loss   val acc     time   images/s")
+    print("epoch  train loss  train acc  val loss   val acc     time   images/s        lr"
+          "  momentum")
     try:
         with checkpoint.sigterm_as_ctrl_c():
             for epoch in range(saved_epoch + 1, args.epochs + 1):
@@ -277,7 +315,8 @@ def main(argv=None):
                 val_loss, val_accuracy = validate(kept_model, val_loader)
                 history.append(dict(zip(METRICS, (
                     epoch, train_loss, train_accuracy, val_loss, val_accuracy,
-                    time.perf_counter() - start, len(train_set) / train_seconds))))
+                    time.perf_counter() - start, len(train_set) / train_seconds,
+                    *rate_and_momentum(optimizer)))))
                 # Saved every epoch, so that a kill or a power cut loses one epoch at
                 # most; the training state is left out of the finished model.
                 finished = epoch == args.epochs
@@ -289,6 +328,8 @@ def main(argv=None):
                     log.writerow(history[-1])
                     log_file.flush()  # on disk now: a kill loses nothing of this epoch
                 print_epoch(history[-1])
+    except checkpoint.CheckpointError as error:  # the disk refused the checkpoint
+        sys.exit(f"error: {error}")
     except KeyboardInterrupt:
         if saved_epoch == 0:
             sys.exit("interrupted before the first epoch finished: nothing saved")
