@@ -8,9 +8,11 @@ few run the real command line in a subprocess.
 """
 
 import base64
+import contextlib
 import csv
 import errno
 import http.client
+import io
 import json
 import math
 import os
@@ -513,6 +515,21 @@ def test_a_bf16_run_reduces_the_loss_saves_float32_weights_and_repeats(capsys, m
     assert float32["metrics"][0]["train_loss"] != bf16["metrics"][0]["train_loss"]
 
 
+def test_under_bf16_the_layers_compute_in_bfloat16_and_the_loss_in_float32():
+    """What --bf16's help and the README say: torch.autocast, as the loop uses it."""
+    model, images = MLP([32, 16]), torch.randn(8, 1, 28, 28)
+    seen = []
+    for layer in [*model.hidden_layers, model.output_layer]:
+        layer.register_forward_hook(lambda _, __, output: seen.append(output.dtype))
+    with torch.autocast("cpu", torch.bfloat16):
+        logits = model(images)
+        loss = nn.CrossEntropyLoss(label_smoothing=0.1)(logits, torch.zeros(8, dtype=torch.long))
+    assert seen == [torch.bfloat16] * 3 and logits.dtype == torch.bfloat16
+    assert loss.dtype == torch.float32
+    loss.backward()
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+
+
 def test_validation_loss_is_plain_cross_entropy_whatever_the_smoothing(capsys, mnist,
                                                                       tmp_path):
     out = tmp_path / "m.pt"
@@ -552,6 +569,122 @@ def test_the_same_seed_gives_identical_metrics_and_weights(capsys, mnist, tmp_pa
     assert metrics_a == metrics_b
     assert all(torch.equal(weights_a[name], weights_b[name]) for name in weights_a)
     assert not torch.equal(weights_a["output_layer.weight"], weights_c["output_layer.weight"])
+
+
+# ----------------------------------------------------------------------------
+# Every flag acts: a short run with the flag changed saves other weights, and a
+# flag that cannot act in a run is named in a note and changes nothing
+
+FLAG_RUN = ["--epochs", "1", "--hidden", "16", "--val-size", "100", "--batch-size", "50",
+            "--device", "cpu"]
+
+# (flag, the rest of the run it acts in, the change): the change's flag is the first
+ACTING = [
+    ("--hidden", [], ["--hidden", "24"]),
+    ("--dropout", [], ["--dropout", "0.3"]),
+    ("--optimizer", [], ["--optimizer", "sgd"]),
+    ("--optimizer", ["--weight-decay", "0.1"], ["--optimizer", "adamw"]),
+    ("--lr", [], ["--lr", "0.005"]),
+    *[("--momentum", ["--optimizer", "sgd", "--scheduler", scheduler], ["--momentum", "0.5"])
+      for scheduler in ("none", "step", "cosine", "onecycle")],
+    *[("--weight-decay", ["--optimizer", optimizer], ["--weight-decay", "0.1"])
+      for optimizer in ("adam", "adamw", "sgd")],
+    *[("--scheduler", [], ["--scheduler", scheduler]) for scheduler in ("none", "step", "cosine")],
+    ("--gamma", ["--scheduler", "step", "--epochs", "2"], ["--gamma", "0.5"]),
+    ("--batch-size", [], ["--batch-size", "25"]),
+    ("--epochs", [], ["--epochs", "2"]),
+    ("--label-smoothing", [], ["--label-smoothing", "0.2"]),
+    ("--ema", [], ["--ema", "0.5"]),  # the saved weights are the average
+    ("--bf16", [], ["--bf16"]),
+    ("--augment", [], ["--no-augment"]),
+    ("--rotation", [], ["--rotation", "15"]),
+    ("--scale", [], ["--scale", "0.2"]),
+    ("--shear", [], ["--shear", "10"]),
+    ("--shift", [], ["--shift", "3"]),
+    ("--elastic-alpha", [], ["--elastic-alpha", "20"]),
+    ("--elastic-sigma", ["--elastic-alpha", "20"], ["--elastic-sigma", "2"]),
+    ("--clean-epochs", ["--epochs", "2"], ["--clean-epochs", "1"]),
+]
+# A flag of those groups that trains nothing, and the test that shows what it does.
+NOT_TRAINING = {"--show-augmentation": "test_show_augmentation_draws_each_class_and_trains_nothing"}
+# (the flag that cannot act, the rest of the run, the reason the note gives)
+IDLE = [
+    (["--momentum", "0.5"], [], "it is sgd's"),
+    (["--momentum", "0.5"], ["--optimizer", "adamw"], "it is sgd's"),
+    *[(["--gamma", "0.5"], ["--scheduler", scheduler], "--scheduler step")
+      for scheduler in ("none", "cosine", "onecycle")],
+    *[([flag, value], ["--no-augment"], "--no-augment distorts nothing")
+      for flag, value in (("--rotation", "15"), ("--scale", "0.2"), ("--shear", "10"),
+                          ("--shift", "3"), ("--elastic-alpha", "20"), ("--elastic-sigma", "2"))],
+    (["--elastic-sigma", "2"], [], "no elastic distortion at --elastic-alpha 0"),
+]
+
+
+@pytest.fixture(scope="module")
+def saved_weights(mnist, tmp_path_factory):
+    """The weights that a short run with these flags saves, and what it printed."""
+    runs = {}
+
+    def weights_of(*flags):
+        if flags not in runs:
+            out = tmp_path_factory.mktemp("flags") / "m.pt"
+            with contextlib.redirect_stdout(io.StringIO()) as printed:
+                train.main(["--data-dir", mnist, "--out", str(out), *FLAG_RUN, *flags])
+            runs[flags] = torch.load(out, weights_only=True)["state_dict"], printed.getvalue()
+        return runs[flags]
+    return weights_of
+
+
+def same_weights(first, second):
+    return first.keys() == second.keys() and all(
+        first[name].shape == second[name].shape and torch.equal(first[name], second[name])
+        for name in first)
+
+
+def test_every_training_flag_has_a_row_in_the_table():
+    groups = {"model", "optimization", "data augmentation (training images only)"}
+    flags = {action.option_strings[0] for group in train.make_parser()._action_groups
+             if group.title in groups for action in group._group_actions}
+    assert flags == {flag for flag, _, _ in ACTING} | set(NOT_TRAINING)
+
+
+@pytest.mark.parametrize("flag, run_flags, change", ACTING,
+                         ids=[" ".join([*change, *rest]) for _, rest, change in ACTING])
+def test_each_flag_changes_the_weights_a_run_saves(saved_weights, flag, run_flags, change):
+    without, _ = saved_weights(*run_flags)
+    with_it, printed = saved_weights(*run_flags, *change)
+    assert not same_weights(without, with_it), f"{flag} changed nothing"
+    assert "note:" not in printed
+
+
+@pytest.mark.parametrize("idle, run_flags, reason", IDLE,
+                         ids=[" ".join([*idle, *rest]) for idle, rest, _ in IDLE])
+def test_a_flag_that_cannot_act_is_named_in_a_note_and_changes_nothing(
+        saved_weights, idle, run_flags, reason):
+    without, _ = saved_weights(*run_flags)
+    with_it, printed = saved_weights(*run_flags, *idle)
+    notes = [line for line in printed.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and notes[0].startswith(f"note: {idle[0]} ") and reason in notes[0]
+    assert same_weights(without, with_it)
+
+
+def test_with_show_augmentation_every_training_flag_is_named(capsys, mnist, tmp_path):
+    picture = tmp_path / "a.png"
+    code, stdout, err = run(capsys, train, "--data-dir", mnist, "--show-augmentation", picture,
+                            "--val-size", 100, "--lr", "0.01", "--epochs", "3", "--rotation", 20)
+    assert code == 0, err
+    notes = [line for line in stdout.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: {flag} does nothing in this run: --show-augmentation trains "
+                     f"nothing" for flag in ("--lr 0.01", "--epochs 3")]
+    assert picture.exists()
+    # and so is every flag of the model and optimization groups, and the outputs
+    parser = train.make_parser()
+    training = {action.dest for group in parser._action_groups
+                if group.title in ("model", "optimization") for action in group._group_actions}
+    args = parser.parse_args(["--show-augmentation", str(picture)])
+    everything = dict.fromkeys(vars(args))
+    assert set(cli.idle_flags(args, everything)) == training | {
+        "clean_epochs", "out", "log", "elastic_sigma"}  # (at --elastic-alpha 0)
 
 
 # ----------------------------------------------------------------------------
@@ -795,6 +928,15 @@ def test_without_shear_the_distortions_draw_the_same_random_numbers():
     sheared = distortion(shear=10.0)  # where the shear's own draw would show
     sheared(torch.randn(8, 1, 28, 28))
     assert not torch.equal(sheared.generator.get_state(), draws.get_state())
+
+
+@pytest.mark.parametrize("alpha, sigma, pixels", [(34, 5, 1.2), (20, 4, 0.9)])
+def test_elastic_alpha_moves_a_pixel_as_far_as_the_help_says(alpha, sigma, pixels):
+    """The recipes' settings: alpha is not pixels; after the smoothing, alpha 34
+    with sigma 5 moves a pixel 1.2 pixels on average (its help, the README)."""
+    field = distortion(elastic_alpha=alpha, elastic_sigma=sigma).elastic_field(4000)
+    moved = (field * data.IMAGE_SIZE / 2).norm(dim=1)  # grid_sample's units to pixels
+    assert moved.mean().item() == pytest.approx(pixels, abs=0.05)
 
 
 def test_zero_strength_is_the_identity():
@@ -1479,6 +1621,31 @@ def test_a_run_saved_before_a_flag_existed_resumes_with_its_default(
     assert code == 0, err
     assert "resuming after epoch 1 of 3" in stdout
     assert load_checkpoint(out)[1]["train_args"]["bf16"] is False
+
+
+def test_an_sgd_run_begun_when_one_cycle_cycled_its_momentum_resumes_as_it_began(
+        capsys, mnist, tmp_path, monkeypatch):
+    """Before --momentum acted under the one-cycle schedule, torch's OneCycleLR
+    cycled SGD's momentum: a run saved then goes on doing so, and says why."""
+    def as_before(optimizer, args, steps_per_epoch):
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr,
+                                                   total_steps=args.epochs * steps_per_epoch)
+
+    straight = tmp_path / "straight.pt"
+    monkeypatch.setattr(train, "make_scheduler", as_before)
+    code, _, err = run(capsys, train, "--data-dir", mnist, "--out", straight, *RESUMABLE_RUN,
+                       "--epochs", 3, "--optimizer", "sgd", "--momentum", "0.5")
+    assert code == 0, err
+    out = in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys, "--optimizer", "sgd",
+                                 "--momentum", "0.5")
+    monkeypatch.undo()  # today's make_scheduler
+    code, stdout, err = run(capsys, train, "--resume", out, "--data-dir", mnist)
+    assert code == 0, err
+    assert "cycles SGD's momentum" in stdout and "goes on as it began" in stdout
+    expected, got = (torch.load(path, weights_only=True) for path in (straight, out))
+    assert timeless(got["metrics"]) == timeless(expected["metrics"])
+    assert same_weights(got["state_dict"], expected["state_dict"])
+    assert [row["momentum"] for row in got["metrics"]] != [0.5] * 3  # cycled, as it began
 
 
 def test_main_gives_sigterm_back_to_its_caller(capsys, mnist, tmp_path):
