@@ -2023,6 +2023,25 @@ def test_benchmark_says_when_its_figures_cannot_be_trusted(capsys, mnist, monkey
     assert "ours / floor" not in stdout and "conventional / ours" not in stdout
 
 
+def test_benchmark_s_peak_memory_is_in_mib_on_linux_and_macos_and_absent_on_windows(
+        monkeypatch):
+    class Resource:  # 1 GiB: 2**20 KiB on Linux, 2**30 bytes on macOS
+        RUSAGE_SELF = 0
+
+        def __init__(self, peak):
+            self.peak = peak
+
+        def getrusage(self, who):
+            return type("Usage", (), {"ru_maxrss": self.peak})
+
+    for platform, peak in (("linux", 2**20), ("darwin", 2**30)):
+        monkeypatch.setattr(sys, "platform", platform)
+        monkeypatch.setitem(sys.modules, "resource", Resource(peak))
+        assert benchmark.peak_memory_mib() == 1024
+    monkeypatch.setitem(sys.modules, "resource", None)  # import resource: ImportError
+    assert benchmark.peak_memory_mib() is None
+
+
 def test_benchmark_random_data_is_valid_mnist(tmp_path):
     """Without MNIST the benchmark writes random data in its format, which the
     real reader accepts."""
