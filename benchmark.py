@@ -30,6 +30,7 @@ always runs.
 
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -150,6 +151,42 @@ def floor(args, images):
     return run_epoch, images
 
 
+def adam_on_denormals(hidden, flush):
+    """Fused Adam's step on an MLP whose moment estimates are all denormal and
+    whose gradients are 0, as for units that died long ago: the median time of a
+    step in ms, and the share of the moments still denormal after the steps.
+    Run first thing in a process of its own: flushing as train.py sets it at
+    import (flush), or with that undone before torch starts its threads."""
+    if not flush:
+        torch.set_flush_denormal(False)
+    model = MLP(hidden)
+    optimizer = torch.optim.Adam(model.parameters(), fused=True)
+    for weights in model.parameters():
+        weights.grad = torch.zeros_like(weights)
+    optimizer.step()  # makes the moment estimates, then made denormal from their bits
+    moments = [moment for state in optimizer.state.values()
+               for moment in (state["exp_avg"], state["exp_avg_sq"])]
+    for moment in moments:
+        moment.view(torch.int32).fill_(1000)  # 1.4e-42
+    times = []
+    for _ in range(100):
+        start = time.perf_counter()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    denormal = sum((moment.view(torch.int32) != 0).sum().item() for moment in moments)
+    return 1000 * statistics.median(times), denormal / sum(map(torch.numel, moments))
+
+
+def adam_on_denormals_in_a_new_process(hidden, flush):
+    """adam_on_denormals in a fresh Python: a thread keeps the floating-point
+    mode it started with, so each mode needs a process whose threads start in it."""
+    code = (f"import benchmark; print(*benchmark.adam_on_denormals({list(hidden)}, "
+            f"{flush}))")
+    answer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+    return tuple(map(float, answer.stdout.split()))
+
+
 def epoch_seconds(runs, epochs, device):
     """Warm every run up once, then time `epochs` rounds of one epoch each, the
     runs taking turns so that a slow spell of a shared machine hits them all.
@@ -226,6 +263,14 @@ def main(argv=None):
               f"bf16 / float32: {per_image['ours, bf16'] / per_image['ours']:.2f}x the time")
     if not cli.has_native_bf16(args.device):
         print(f"{args.device} has no native bfloat16: the bf16 row is emulated")
+    (flushed, left), (unflushed, _) = (adam_on_denormals_in_a_new_process(args.hidden, flush)
+                                       for flush in (True, False))
+    print(f"Adam's step on denormal moment estimates (on the CPU, each in a new process): "
+          f"{flushed:.3f} ms as train.py flushes them, {unflushed:.3f} ms unflushed "
+          f"({unflushed / flushed:.1f}x)")
+    if left:
+        print(f"denormals are not flushed: {left:.0%} of the moments stayed denormal; "
+              f"train.py's torch.set_flush_denormal is missing or comes too late")
     memory = []
     if peak_memory_mib() is not None:
         memory.append(f"{peak_memory_mib():,.0f} MiB resident")

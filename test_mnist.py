@@ -688,6 +688,50 @@ def test_with_show_augmentation_every_training_flag_is_named(capsys, mnist, tmp_
 
 
 # ----------------------------------------------------------------------------
+# Denormal floats are flushed to zero in every thread torch trains with
+
+# Denormal floats made from their bits (1000: 1.4e-42), multiplied by 1.0 by
+# torch's threads, each taking its part of the 4 M: a thread that flushes makes
+# its part 0. The count of the products' nonzero bits is printed.
+COUNT_UNFLUSHED = """
+def count_unflushed():
+    denormals = torch.full((1 << 22,), 1000, dtype=torch.int32).view(torch.float32)
+    return int(((denormals * 1.0).view(torch.int32) != 0).sum())
+"""
+IN_TRAINING = COUNT_UNFLUSHED + """
+def first_epoch(*args, **kwargs):  # the data is read: torch's threads have started
+    print("unflushed", count_unflushed(), "threads", torch.get_num_threads())
+    raise SystemExit(0)
+
+train.train_one_epoch = first_epoch
+train.main(sys.argv[1:])
+"""
+
+
+def test_every_thread_of_a_training_process_flushes_denormals(mnist):
+    training = run_command("-c", "import sys, torch, train\n" + IN_TRAINING, "--data-dir", mnist,
+                           "--val-size", 100, "--device", "cpu")
+    assert training.returncode == 0, training.stderr
+    _, unflushed, _, threads = training.stdout.splitlines()[-1].split()
+    assert unflushed == "0" and int(threads) == torch.get_num_threads()
+    if torch.get_num_threads() > 1:  # the count sees a thread that does not flush:
+        late = run_command("-c", "import torch\n" + COUNT_UNFLUSHED + (
+            "torch.ones(1 << 22).mul(2).sum()\n"  # the threads start, unflushed
+            "torch.set_flush_denormal(True)\n"  # then this one flushes, they do not
+            "print(count_unflushed())"))
+        assert 0 < int(late.stdout) < 1 << 22, late.stderr
+
+
+def test_the_tests_own_threads_flush_as_a_training_process_s_do():
+    """The tests run training in this process and compare it with runs in new
+    ones: train.py, imported before this process computed anything, set the
+    mode before torch started its threads here too."""
+    namespace = {"torch": torch}
+    exec(COUNT_UNFLUSHED, namespace)
+    assert namespace["count_unflushed"]() == 0
+
+
+# ----------------------------------------------------------------------------
 # The lesson itself: each step of the loop, and train() / eval()
 
 class Batches(list):
@@ -2005,6 +2049,15 @@ def test_benchmark_prints_all_five_rows(capsys, mnist):
     assert ("ours / floor" in stdout) != ("cannot be trusted" in stdout)
     assert "peak memory" in stdout
     assert f"torch {torch.__version__}" in stdout
+    assert "Adam's step on denormal moment estimates" in stdout
+    assert "denormals are not flushed" not in stdout
+
+
+def test_benchmark_s_adam_step_flushes_as_train_py_does_or_not_at_all():
+    flushed, left = benchmark.adam_on_denormals_in_a_new_process([32], flush=True)
+    unflushed, stayed = benchmark.adam_on_denormals_in_a_new_process([32], flush=False)
+    assert flushed > 0 and unflushed > 0
+    assert (left, stayed) == (0, 1)  # each moment estimate flushed to 0, or none
 
 
 def test_benchmark_says_when_its_figures_cannot_be_trusted(capsys, mnist, monkeypatch):

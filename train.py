@@ -23,6 +23,12 @@ import data
 from averaging import MovingAverage
 from model import MLP, logits_and_labels
 
+# Denormal floats (below about 1e-38) become 0: Adam's moment estimates of dead
+# ReLU units decay into them and stay, and Intel CPUs compute on them many times
+# slower. Set at import, before torch starts its threads, which keep the mode of
+# the thread that started them (on Linux): set later, it holds in this one only.
+torch.set_flush_denormal(True)
+
 # ----------------------------------------------------------------------------
 # The training loop
 
@@ -111,10 +117,12 @@ def make_parser():
                        help="train in mixed precision: the layers' matrix products in "
                             "bfloat16, the loss in float32; weights, optimizer and "
                             "checkpoints stay float32")
-    augment = parser.add_argument_group("data augmentation (training images only)")
+    augment = parser.add_argument_group(
+        "data augmentation (training images only)",
+        "The distortion flags act with --augment, the default; --elastic-sigma with "
+        "--elastic-alpha.")
     augment.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                          help="distort every training image anew each time it is used")
-    # The distortion flags act with --augment (the default) only.
     distortion = data.DISTORTION_DEFAULTS
     augment.add_argument("--rotation", type=cli.nonnegative_float, default=distortion["rotation"],
                          help="random rotation, up to this many degrees either way")
@@ -130,7 +138,7 @@ def make_parser():
                               "smoothed random field (34, sigma 5: 1.2 px on average; 0: off)")
     augment.add_argument("--elastic-sigma", type=cli.positive_float,
                          default=distortion["elastic_sigma"],
-                         help="with --elastic-alpha: the field's smoothness in pixels")
+                         help="the elastic field's smoothness in pixels")
     augment.add_argument("--clean-epochs", type=cli.nonnegative_int, default=0, metavar="N",
                          help="train the last N epochs on the images as they are, "
                               "undistorted (0: distort to the end)")
@@ -143,8 +151,8 @@ def make_parser():
     other.add_argument("--val-size", type=cli.nonnegative_int, default=5000,
                        help="training images held out for validation (0: train on all)")
     other.add_argument("--seed", type=cli.seed, default=0,
-                       help="seeds the weights, the validation split, the shuffling and "
-                            "the augmentation")
+                       help="seeds the weights, the validation split, the shuffling, "
+                            "dropout and the augmentation")
     cli.add_device_and_data_flags(other)
     other.add_argument("--out", type=cli.output_file, default="model.pt",
                        help="where to save the trained model")
