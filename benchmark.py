@@ -271,9 +271,8 @@ def main(argv=None):
     if left:
         print(f"denormals are not flushed: {left:.0%} of the moments stayed denormal; "
               f"train.py's torch.set_flush_denormal is missing or comes too late")
-    memory = []
-    if peak_memory_mib() is not None:
-        memory.append(f"{peak_memory_mib():,.0f} MiB resident")
+    resident = peak_memory_mib()
+    memory = [] if resident is None else [f"{resident:,.0f} MiB resident"]
     if args.device.type == "cuda":
         memory.append(f"{torch.cuda.max_memory_allocated(args.device) / 2**20:,.0f} MiB "
                       f"on the GPU")

@@ -1,4 +1,4 @@
-"""The multi-layer perceptron, and how to ask it for its predictions.
+"""The multi-layer perceptron, and how to ask it for predictions.
 
 The class below runs on its own: paste it after `import torch` and
 `from torch import nn`.
