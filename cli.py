@@ -10,6 +10,8 @@ a second, not a training run.
 
 import argparse
 import contextlib
+import csv
+import io
 import math
 import os
 import sys
@@ -155,6 +157,19 @@ def given_flags(parser, argv):
     return {name: value for name, value in vars(given).items() if value is not unset}
 
 
+def conflicting_flags(args):
+    """train.py's flags that contradict each other, as argparse's message for
+    the refusal, or None."""
+    if args.show_augmentation and not args.augment:
+        return "argument --show-augmentation: there is nothing to show with --no-augment"
+    if args.clean_epochs and not args.augment:
+        return "argument --clean-epochs: with --no-augment every epoch is clean"
+    if args.clean_epochs > args.epochs:
+        return (f"argument --clean-epochs: {args.clean_epochs} is more than "
+                f"--epochs {args.epochs}")
+    return None
+
+
 def idle_flags(args, given):
     """train.py's flags among `given` that no value of could change its run,
     each with why. They are named in a note, not refused: a sweep may pass one
@@ -174,6 +189,18 @@ def idle_flags(args, given):
                     "bf16", "clean_epochs", "out", "log"]
         idle.update(dict.fromkeys(training, "--show-augmentation trains nothing"))
     return {name: why for name, why in idle.items() if name in given}
+
+
+def notes(args, given):
+    """What train.py says before it starts: each idle flag among `given`, and
+    a --bf16 that will run slower than float32."""
+    idle = idle_flags(args, given)
+    notes = [f"{as_flag(name, getattr(args, name))} does nothing in this run: {why}"
+             for name, why in idle.items()]
+    if args.bf16 and "bf16" not in idle and not has_native_bf16(args.device):
+        notes.append(f"{args.device} has no native bfloat16, so --bf16 runs slower than "
+                     f"float32 here")
+    return notes
 
 
 def as_flag(name, value):
@@ -212,6 +239,15 @@ def write_file(path, write):
     except OSError as error:  # its folder was checked at start-up, but disks fill up
         raise SystemExit(f"error: cannot write {path}: {error.strerror}; any earlier "
                          f"file there is unchanged") from None
+
+
+def write_csv(path, rows, fieldnames):
+    """Write the dicts `rows` to `path` as a CSV table, all or nothing (write_file)."""
+    text = io.StringIO()
+    table = csv.DictWriter(text, fieldnames=fieldnames)
+    table.writeheader()
+    table.writerows(rows)
+    write_file(path, lambda f: f.write(text.getvalue().encode()))
 
 
 def add_device_and_data_flags(parser):

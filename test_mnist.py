@@ -654,7 +654,7 @@ def test_each_flag_changes_the_weights_a_run_saves(saved_weights, flag, run_flag
     without, _ = saved_weights(*run_flags)
     with_it, printed = saved_weights(*run_flags, *change)
     assert not same_weights(without, with_it), f"{flag} changed nothing"
-    assert "note:" not in printed
+    assert "does nothing in this run" not in printed  # (a CPU without bf16 has a note)
 
 
 @pytest.mark.parametrize("idle, run_flags, reason", IDLE,
@@ -685,6 +685,18 @@ def test_with_show_augmentation_every_training_flag_is_named(capsys, mnist, tmp_
     everything = dict.fromkeys(vars(args))
     assert set(cli.idle_flags(args, everything)) == training | {
         "clean_epochs", "out", "log", "elastic_sigma"}  # (at --elastic-alpha 0)
+
+
+def test_bf16_without_native_support_is_named_once_and_only_when_it_trains(monkeypatch):
+    monkeypatch.setattr(cli, "has_native_bf16", lambda device: False)
+    parser = train.make_parser()
+    for argv, expected in [
+            (["--bf16"], ["cpu has no native bfloat16, so --bf16 runs slower than float32 "
+                          "here"]),
+            (["--bf16", "--show-augmentation", "a.png"],
+             ["--bf16 does nothing in this run: --show-augmentation trains nothing"])]:
+        argv += ["--device", "cpu"]
+        assert cli.notes(parser.parse_args(argv), cli.given_flags(parser, argv)) == expected
 
 
 # ----------------------------------------------------------------------------

@@ -9,7 +9,6 @@ hyperparameter. The lesson is train_one_epoch: the training loop's six steps.
 """
 
 import argparse
-import csv
 import sys
 import time
 
@@ -33,16 +32,13 @@ torch.set_flush_denormal(True)
 # The training loop
 
 def train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler=None, bf16=False):
-    """One pass over any DataLoader of (images, labels). Returns the mean loss and
-    the accuracy. `scheduler`, one of torch's, steps after every batch. With
-    bf16, torch.autocast runs the forward pass's matrix products in bfloat16
-    and the loss in float32; the backward pass follows the dtypes the forward
-    pass used, and the weights stay float32.
+    """One pass over any DataLoader of (images, labels): the mean loss and the
+    accuracy. `scheduler`, one of torch's, steps after every batch. With bf16,
+    autocast runs the layers' matrix products in bfloat16, the loss in float32.
 
-    The running totals stay on the model's device and are read once, at the
-    end: reading a number from a GPU at every step would make the CPU wait for
-    it. An untrained model scores ln(10) = 2.3 and a working run only goes down
-    from there: a loss above 1000 means the weights blew up, and the run stops."""
+    The running totals stay on the model's device and are read once, at the end:
+    reading a GPU's number at every step would make the CPU wait. An untrained
+    model scores ln(10) = 2.3: a loss above 1000 means the weights blew up."""
     model.train()  # dropout on
     device = next(model.parameters()).device
     step_losses, correct, seen = [], 0, 0
@@ -94,9 +90,8 @@ def make_parser():
                        help="how the gradients update the weights")
     optim.add_argument("--lr", type=cli.positive_float, default=1e-3,
                        help="learning rate (the peak one if a scheduler varies it)")
-    optim.add_argument("--momentum", type=cli.fraction, default=0.9,
-                       help="sgd's momentum, under every schedule (adam and adamw keep "
-                            "torch's beta1: 0.9, cycled 0.95-0.85 by onecycle)")
+    optim.add_argument("--momentum", type=cli.fraction, default=0.9, help="sgd's momentum, "
+                       "under every schedule (adam's beta1: 0.9, cycled 0.95-0.85 by onecycle)")
     optim.add_argument("--weight-decay", type=cli.nonnegative_float, default=0.0,
                        help="L2 penalty (decoupled for adamw)")
     optim.add_argument("--scheduler", choices=["none", "step", "cosine", "onecycle"],
@@ -111,34 +106,28 @@ def make_parser():
     optim.add_argument("--label-smoothing", type=cli.fraction, default=0.1,
                        help="spread this much of each target over the other classes")
     optim.add_argument("--ema", type=cli.fraction, default=0.0, metavar="DECAY",
-                       help="validate and save a moving average of the weights, updated "
-                            "after every step with this decay, e.g. 0.999 (0: off)")
-    optim.add_argument("--bf16", action="store_true",
-                       help="train in mixed precision: the layers' matrix products in "
-                            "bfloat16, the loss in float32; weights, optimizer and "
-                            "checkpoints stay float32")
-    augment = parser.add_argument_group(
-        "data augmentation (training images only)",
-        "The distortion flags act with --augment, the default; --elastic-sigma with "
-        "--elastic-alpha.")
+                       help="validate and save the weights' moving average, this decay a "
+                            "step, e.g. 0.999 (0: off)")
+    optim.add_argument("--bf16", action="store_true", help="mixed precision: the layers' "
+                       "matrix products in bfloat16, the loss, weights and checkpoint float32")
+    augment = parser.add_argument_group("data augmentation (training images only)", "The "
+        "distortion flags act with --augment, the default; --elastic-sigma with --elastic-alpha.")
     augment.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                          help="distort every training image anew each time it is used")
-    distortion = data.DISTORTION_DEFAULTS
-    augment.add_argument("--rotation", type=cli.nonnegative_float, default=distortion["rotation"],
+    augment.add_argument("--rotation", type=cli.nonnegative_float,
                          help="random rotation, up to this many degrees either way")
-    augment.add_argument("--scale", type=cli.fraction, default=distortion["scale"],
+    augment.add_argument("--scale", type=cli.fraction,
                          help="random scaling, up to this fraction either way")
-    augment.add_argument("--shear", type=cli.nonnegative_float, default=distortion["shear"],
+    augment.add_argument("--shear", type=cli.nonnegative_float,
                          help="random horizontal shear, up to this many degrees either way")
-    augment.add_argument("--shift", type=cli.nonnegative_float, default=distortion["shift"],
+    augment.add_argument("--shift", type=cli.nonnegative_float,
                          help="random shift, up to this many pixels either way")
     augment.add_argument("--elastic-alpha", type=cli.nonnegative_float,
-                         default=distortion["elastic_alpha"],
                          help="elastic distortion: Simard et al.'s alpha, the scale of a "
                               "smoothed random field (34, sigma 5: 1.2 px on average; 0: off)")
     augment.add_argument("--elastic-sigma", type=cli.positive_float,
-                         default=distortion["elastic_sigma"],
                          help="the elastic field's smoothness in pixels")
+    augment.set_defaults(**data.DISTORTION_DEFAULTS)  # the distortion's defaults, in one place
     augment.add_argument("--clean-epochs", type=cli.nonnegative_int, default=0, metavar="N",
                          help="train the last N epochs on the images as they are, "
                               "undistorted (0: distort to the end)")
@@ -150,9 +139,8 @@ def make_parser():
                        help="handwritten digits, or Fashion-MNIST's pictures of clothes")
     other.add_argument("--val-size", type=cli.nonnegative_int, default=5000,
                        help="training images held out for validation (0: train on all)")
-    other.add_argument("--seed", type=cli.seed, default=0,
-                       help="seeds the weights, the validation split, the shuffling, "
-                            "dropout and the augmentation")
+    other.add_argument("--seed", type=cli.seed, default=0, help="seeds the weights, the "
+                       "validation split, the shuffling, dropout and the augmentation")
     cli.add_device_and_data_flags(other)
     other.add_argument("--out", type=cli.output_file, default="model.pt",
                        help="where to save the trained model")
@@ -169,8 +157,7 @@ def parse_args(argv=None):
     parser = make_parser()
     args = parser.parse_args(argv)
     given = cli.given_flags(parser, argv)
-    if args.show_augmentation and not args.augment:
-        parser.error("argument --show-augmentation: there is nothing to show with --no-augment")
+    resumed = None
     if args.resume is not None:  # the run's own flags, stored in its checkpoint
         try:
             args, resumed = checkpoint.resumed_args(parser, args, given)
@@ -182,13 +169,10 @@ def parse_args(argv=None):
             print(f"{args.resume} is a finished run ({resumed['epochs_completed']} of "
                   f"{args.epochs} epochs): nothing to resume")
             sys.exit(0)
-        return args, resumed, given
-    if args.clean_epochs and not args.augment:
-        parser.error("argument --clean-epochs: with --no-augment every epoch is clean")
-    if args.clean_epochs > args.epochs:
-        parser.error(f"argument --clean-epochs: {args.clean_epochs} is more than "
-                     f"--epochs {args.epochs}")
-    return args, None, given
+    conflict = cli.conflicting_flags(args)
+    if conflict:
+        parser.error(conflict)
+    return args, resumed, given
 
 
 def make_augmentation(args, normalization):
@@ -198,9 +182,8 @@ def make_augmentation(args, normalization):
     # Its own generator, on the data's device: the same seed, the same distortions.
     generator = torch.Generator(device=args.device).manual_seed(args.seed)
     background = -normalization["mean"] / normalization["std"]  # a black pixel
-    return data.RandomDistortion(generator, background, args.rotation, args.scale,
-                                 args.shift, args.elastic_alpha, args.elastic_sigma,
-                                 args.shear)
+    return data.RandomDistortion(generator, background, **{
+        name: getattr(args, name) for name in data.DISTORTION_DEFAULTS})
 
 
 def make_optimizer(model, args):
@@ -256,8 +239,8 @@ def print_epoch(metrics):
 
 def main(argv=None):
     args, resumed, given = parse_args(argv)
-    for name, why in cli.idle_flags(args, given).items():
-        print(f"note: {cli.as_flag(name, getattr(args, name))} does nothing in this run: {why}")
+    for note in cli.notes(args, given):
+        print(f"note: {note}")
     torch.manual_seed(args.seed)  # the initial weights and dropout
     try:
         train_set, val_set, normalization = data.train_val_sets(
@@ -294,18 +277,10 @@ def main(argv=None):
                                          generators)
         except checkpoint.CheckpointError as error:
             sys.exit(f"error: {error}")
-    log_file = open(args.log, "w", newline="") if args.log else None
-    log = csv.DictWriter(log_file, fieldnames=METRICS) if log_file else None
-    if log:
-        log.writeheader()
-        log.writerows(history)
     saved_epoch = len(history)  # the epoch whose model is in args.out
     print(f"training a {[28 * 28, *args.hidden, 10]} MLP on {len(train_set):,} {args.dataset} "
           f"images ({len(val_set):,} held out for validation) on {args.device}"
           + (f", resuming after epoch {saved_epoch} of {args.epochs}" if resumed else ""))
-    if args.bf16 and not cli.has_native_bf16(args.device):
-        print(f"note: {args.device} has no native bfloat16, so --bf16 runs slower than "
-              f"float32 here")
     print("epoch  train loss  train acc  val loss   val acc     time   images/s        lr"
           "  momentum")
     try:
@@ -332,9 +307,8 @@ def main(argv=None):
                                     None if finished else checkpoint.training_state(
                                         model, averaged, optimizer, scheduler, generators))
                 saved_epoch = epoch
-                if log:
-                    log.writerow(history[-1])
-                    log_file.flush()  # on disk now: a kill loses nothing of this epoch
+                if args.log:  # the whole file anew: a kill never leaves half a line
+                    cli.write_csv(args.log, history, METRICS)
                 print_epoch(history[-1])
     except checkpoint.CheckpointError as error:  # the disk refused the checkpoint
         sys.exit(f"error: {error}")
@@ -348,9 +322,6 @@ def main(argv=None):
                 else "Nothing was saved")
         sys.exit(f"error: training diverged in epoch {epoch}: {where}. The learning rate "
                  f"{args.lr:g} is probably too large: try a smaller --lr. {kept}.")
-    finally:
-        if log_file:
-            log_file.close()
 
     val = history[-1]["val_accuracy"]
     print(f"saved {args.out}"
