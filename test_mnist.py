@@ -23,7 +23,7 @@ import socket
 import subprocess
 import sys
 import threading
-from http.server import ThreadingHTTPServer
+import time
 from io import BytesIO
 
 import pytest
@@ -34,6 +34,7 @@ from torch import nn
 
 import benchmark
 import cli
+import crowd
 import data
 import draw
 import evaluate
@@ -2232,7 +2233,7 @@ def server(drawn_digit_model, one_thread):
     """draw.py's server on a free port, in a thread of this process: its address."""
     model, checkpoint = load_checkpoint(drawn_digit_model)
     model.eval()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), draw.handler(model, checkpoint))
+    httpd = draw.Server(("127.0.0.1", 0), draw.handler(model, checkpoint))
     thread = threading.Thread(target=httpd.serve_forever)
     thread.start()
     yield httpd.server_address[:2]
@@ -2304,12 +2305,12 @@ def test_bad_drawings_are_one_line_of_json_and_the_server_goes_on(server):
     assert_one_line_of_json(*request(server, "POST", "/predict", b""), 400, "send a PNG")
     # A body said to be too large is refused before any of it is read.
     with socket.create_connection(server) as connection:
-        connection.sendall(b"POST /predict HTTP/1.0\r\nContent-Length: 50000000\r\n\r\n")
-        answer = connection.makefile("rb").read().decode()
-    assert answer.startswith("HTTP/1.0 413") and '"error": "send a PNG of 1 to' in answer
+        connection.sendall(b"POST /predict HTTP/1.1\r\nContent-Length: 50000000\r\n\r\n")
+        answer = connection.makefile("rb").read().decode()  # and the connection is closed
+    assert answer.startswith("HTTP/1.1 413") and '"error": "send a PNG of 1 to' in answer
     with socket.create_connection(server) as connection:
         connection.sendall(b"POST /predict HTTP/1.0\r\n\r\n")
-        assert connection.makefile("rb").read().startswith(b"HTTP/1.0 411")
+        assert connection.makefile("rb").read().startswith(b"HTTP/1.1 411")
     seven = png(drawing(pen_strokes(7, random.Random(1), 400), 20, 400))
     status, answer = request(server, "POST", "/predict", seven)
     assert status == 200 and max(range(10), key=answer["probabilities"].__getitem__) == 7
@@ -2372,6 +2373,137 @@ def test_a_bad_checkpoint_port_or_address_is_one_line(capsys, server, drawn_digi
     assert_one_line_error(*run(capsys, draw, good, "--port", "http")[::2], "--port")
     assert_one_line_error(*run(capsys, draw, good, "--host", "192.0.2.1")[::2],  # not ours
                           "cannot serve on 192.0.2.1:8000")
+
+
+# ----------------------------------------------------------------------------
+# A class drawing at once
+
+def test_a_crowd_of_drawers_is_all_answered(server):
+    for new_connections in (False, True):  # keep-alive, as browsers; a new one each time
+        seconds, failures, _ = crowd.draw_at_once(server[1], 30, 3, new_connections)
+        assert failures == [] and len(seconds) == 90
+
+
+def test_a_class_connecting_at_once_is_held_until_the_server_accepts(drawn_digit_model):
+    """150 connections made before the server accepts any: the kernel keeps
+    them waiting (http.server's own queue of 5 made it refuse the rest)."""
+    model, checkpoint = load_checkpoint(drawn_digit_model)
+    httpd = draw.Server(("127.0.0.1", 0), draw.handler(model, checkpoint))
+    try:
+        connections = [socket.create_connection(httpd.server_address, timeout=2)
+                       for _ in range(150)]
+        thread = threading.Thread(target=httpd.serve_forever)
+        thread.start()
+        blank = png(Image.new("RGB", (400, 400), "white"))
+        for connection in connections[::10]:
+            connection.sendall(b"POST /predict HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s"
+                               % (len(blank), blank))
+            reply = b""
+            while not reply.endswith(b"}"):  # the headers, then the JSON
+                reply += connection.recv(4096)
+            assert b"draw a digit first" in reply
+        for connection in connections:
+            connection.close()
+        httpd.shutdown()
+        thread.join()
+    finally:
+        httpd.server_close()
+
+
+def test_drawings_on_one_connection_are_answered_on_it_without_delay(server):
+    seven = png(drawing(pen_strokes(7, random.Random(1), 400), 20, 400))
+
+    def seconds_per_answer(keep_alive):
+        times, sockets = [], set()
+        connection = http.client.HTTPConnection(*server, timeout=30)
+        for _ in range(7):
+            began = time.perf_counter()
+            connection.request("POST", "/predict", seven)
+            response = connection.getresponse()
+            assert response.status == 200 and response.read()
+            times.append(time.perf_counter() - began)
+            sockets.add(connection.sock)
+            if not keep_alive:
+                connection.close()
+        connection.close()
+        assert len(sockets) == (1 if keep_alive else 7)  # kept open, or one per drawing
+        return sorted(times)[3]
+
+    # Nagle's algorithm would hold each answer's body back for the client's
+    # delayed acknowledgement, 40 ms, on a connection kept open.
+    assert seconds_per_answer(keep_alive=True) < seconds_per_answer(keep_alive=False) + 0.02
+
+
+def big_png(width, height):
+    """A PNG of a blank page this size: a few KB, whatever the size."""
+    return png(Image.new("1", (width, height), 1))
+
+
+def test_a_png_larger_than_the_page_s_is_refused_from_its_header(server, monkeypatch):
+    decoded = []
+    monkeypatch.setattr(predict, "read_image",
+                        lambda source: decoded.append(source) or (_ for _ in ()).throw(
+                            AssertionError("decoded")))
+    huge = big_png(9000, 9000)  # 81 megapixels: 300 ms and 100 MB to decode
+    assert len(huge) < draw.MAX_BODY
+    began = time.perf_counter()
+    status, answer = request(server, "POST", "/predict", huge)
+    assert time.perf_counter() - began < 0.1
+    assert_one_line_of_json(status, answer, 400, "9,000 x 9,000 pixels is not a drawing")
+    for width, height in [(1025, 400), (400, 1025)]:
+        assert_one_line_of_json(*request(server, "POST", "/predict", big_png(width, height)),
+                                400, "at most 1,024 a side")
+    jpeg = BytesIO()
+    Image.new("RGB", (400, 400), "white").save(jpeg, format="JPEG")
+    assert_one_line_of_json(*request(server, "POST", "/predict", jpeg.getvalue()), 400,
+                            "a JPEG image: the page sends PNG")
+    assert decoded == []
+    # the largest side allowed is decoded and answered
+    monkeypatch.undo()
+    status, answer = request(server, "POST", "/predict",
+                             png(drawing(pen_strokes(3, random.Random(3), 1024), 40, 1024)))
+    assert status == 200 and len(answer["probabilities"]) == 10
+
+
+def test_stalled_connections_do_not_hold_up_a_drawing(capsys, server):
+    stalled = []
+    for i in range(100):  # each stops halfway through its request, and waits
+        connection = socket.create_connection(server, timeout=30)
+        connection.sendall(b"POST /predict HTTP/1.1\r\nContent-Length: 20000\r\n\r\n"
+                           if i % 2 else b"POST /predi")
+        stalled.append(connection)
+    seven = png(drawing(pen_strokes(7, random.Random(1), 400), 20, 400))
+    began = time.perf_counter()
+    status, answer = request(server, "POST", "/predict", seven)
+    assert status == 200 and time.perf_counter() - began < 5  # they wait for 10 s
+    for connection in stalled:  # and leave: the server says nothing of it
+        connection.close()
+    time.sleep(0.5)
+    assert request(server, "POST", "/predict", seven)[0] == 200
+    assert capsys.readouterr().err == ""
+
+
+def test_on_a_network_address_the_start_line_names_one_others_can_open(drawn_digit_model):
+    process = start_command("draw.py", drawn_digit_model, "--host", "0.0.0.0", "--port", 0)
+    try:
+        line = process.stdout.readline()
+        host, port = line.split("http://")[1].split("/")[0].split(":")
+        assert host != "0.0.0.0" and "anyone who can reach this address may draw" in line
+        assert request((host, int(port)), "GET", "/")[0] == 200  # an address of this machine
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+    assert draw.address_for_others("10.1.2.3") == "10.1.2.3"  # a given address, as it is
+
+
+def test_crowd_py_reports_a_crowd_s_answers(capsys, drawn_digit_model):
+    code, stdout, err = run(capsys, crowd, drawn_digit_model, "--drawers", 1, 4,
+                            "--requests", 3)
+    assert code == 0, err
+    header, *rows = stdout.splitlines()
+    assert header.split()[:6] == ["drawers", "requests", "answers/s", "p50", "p99", "failed"]
+    assert [row.split()[:2] for row in rows] == [["1", "3"], ["4", "12"]]
+    assert all(row.split()[5] == "0" for row in rows)  # none failed
 
 
 # ----------------------------------------------------------------------------
