@@ -2378,10 +2378,23 @@ def test_a_bad_checkpoint_port_or_address_is_one_line(capsys, server, drawn_digi
 # ----------------------------------------------------------------------------
 # A class drawing at once
 
-def test_a_crowd_of_drawers_is_all_answered(server):
+def test_a_crowd_of_drawers_is_all_answered_a_core_s_worth_at_a_time(server, monkeypatch):
+    answering, most = set(), []
+    answer = draw.answer
+
+    def counted(*args):
+        answering.add(threading.get_ident())
+        most.append(len(answering))
+        try:
+            return answer(*args)
+        finally:
+            answering.discard(threading.get_ident())
+
+    monkeypatch.setattr(draw, "answer", counted)
     for new_connections in (False, True):  # keep-alive, as browsers; a new one each time
         seconds, failures, _ = crowd.draw_at_once(server[1], 30, 3, new_connections)
         assert failures == [] and len(seconds) == 90
+    assert len(most) == 180 and max(most) <= (os.cpu_count() or 1)
 
 
 def test_a_class_connecting_at_once_is_held_until_the_server_accepts(drawn_digit_model):
