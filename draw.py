@@ -103,7 +103,7 @@ def answer(model, checkpoint, png):
 class Server(ThreadingHTTPServer):
     """http.server's server, a thread for each connection, made for a class:
     up to 1,024 new connections wait to be accepted, where http.server's 5
-    made the kernel refuse the rest of a crowd (a seventh of 100 drawers')."""
+    made the kernel refuse the rest of a crowd (14 to 27 % of 100 drawers')."""
     request_queue_size = 1024
 
     def handle_error(self, request, client_address):
