@@ -179,8 +179,14 @@ def idle_flags(args, given):
         idle["momentum"] = f"it is sgd's ({args.optimizer}'s beta1 is torch's)"
     if args.scheduler != "step":
         idle["gamma"] = "it belongs to --scheduler step"
+    elif args.epochs == 1:
+        idle["gamma"] = "the rate steps after each epoch, and there is one"
     if not args.augment:
         idle.update(dict.fromkeys(data.DISTORTION_DEFAULTS, "--no-augment distorts nothing"))
+    elif args.clean_epochs >= args.epochs and not args.show_augmentation:
+        idle.update(dict.fromkeys(["augment", *data.DISTORTION_DEFAULTS],
+                                  f"with --clean-epochs {args.clean_epochs} every epoch is "
+                                  f"clean"))
     elif args.elastic_alpha == 0:
         idle["elastic_sigma"] = "there is no elastic distortion at --elastic-alpha 0"
     if args.show_augmentation:

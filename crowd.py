@@ -26,6 +26,7 @@ import time
 from PIL import Image, ImageDraw
 
 import cli
+from checkpoint import CheckpointError, load_checkpoint
 
 CANVAS = 400  # the page's canvas, in pixels
 PEN_WIDTH = 18  # the page's pen, in the canvas's pixels
@@ -62,7 +63,8 @@ def start_server(checkpoint):
     line = server.stdout.readline()  # draw at http://127.0.0.1:PORT/ ...
     if "http://" not in line:
         server.wait()
-        raise SystemExit(f"error: draw.py did not start: {server.stderr.read().strip()}")
+        reason = server.stderr.read().strip().removeprefix("error: ")
+        raise SystemExit(f"error: draw.py did not start: {reason}")
     return server, int(line.split("http://")[1].split("/")[0].split(":")[1])
 
 
@@ -120,6 +122,10 @@ def draw_at_once(port, drawers, requests, new_connections):
 
 def main(argv=None):
     args = parse_args(argv)
+    try:
+        load_checkpoint(args.checkpoint)  # a bad file is one line, before the table
+    except CheckpointError as error:
+        sys.exit(f"error: {error}")
     print(f"{'drawers':>7}  {'requests':>8}  {'answers/s':>9}  {'p50':>7}  {'p99':>7}  "
           f"{'failed':>6}  server peak memory  "
           f"({'new connection each' if args.new_connections else 'keep-alive'})")

@@ -53,8 +53,8 @@ def parse_args(argv=None):
     parser.add_argument("--port", type=port, default=8000,
                         help="the port to serve on (default 8000; 0 picks a free one)")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="the address to serve on: 127.0.0.1 is this machine alone, "
-                             "0.0.0.0 every network it is on")
+                        help="the address to serve on (default 127.0.0.1, this machine "
+                             "alone; 0.0.0.0: every network it is on, IPv4)")
     return parser.parse_args(argv)
 
 

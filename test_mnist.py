@@ -618,6 +618,9 @@ IDLE = [
       for flag, value in (("--rotation", "15"), ("--scale", "0.2"), ("--shear", "10"),
                           ("--shift", "3"), ("--elastic-alpha", "20"), ("--elastic-sigma", "2"))],
     (["--elastic-sigma", "2"], [], "no elastic distortion at --elastic-alpha 0"),
+    (["--gamma", "0.5"], ["--scheduler", "step"], "there is one"),  # (one epoch)
+    *[(flag, ["--clean-epochs", "1"], "with --clean-epochs 1 every epoch is clean")
+      for flag in (["--rotation", "15"], ["--elastic-alpha", "20"], ["--augment"])],
 ]
 
 
@@ -2518,12 +2521,16 @@ def test_on_a_network_address_the_start_line_names_one_others_can_open(drawn_dig
     assert draw.address_for_others("10.1.2.3") == "10.1.2.3"  # a given address, as it is
 
 
-def test_crowd_py_reports_a_crowd_s_answers(capsys, drawn_digit_model):
+def test_crowd_py_reports_a_crowd_s_answers(capsys, drawn_digit_model, tmp_path):
     code, stdout, err = run(capsys, crowd, drawn_digit_model, "--drawers", 4, "--requests", 3)
     assert code == 0, err
     header, row = stdout.splitlines()
     assert header.split()[:6] == ["drawers", "requests", "answers/s", "p50", "p99", "failed"]
     assert row.split()[:2] == ["4", "12"] and row.split()[5] == "0"  # none failed
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    code, stdout, err = run(capsys, crowd, tmp_path / "junk.pt")
+    assert_one_line_error(code, err, "not a readable")
+    assert stdout == ""  # no table begun
 
 
 # ----------------------------------------------------------------------------
