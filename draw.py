@@ -13,6 +13,7 @@ meant for your own machine or your own network, not for the internet.
 """
 
 import argparse
+import errno
 import io
 import ipaddress
 import json
@@ -216,7 +217,8 @@ def main(argv=None):
     try:
         server = Server((args.host, args.port), handler(model, checkpoint))
     except OSError as error:  # the port is taken, or the host is not this machine's
-        sys.exit(f"error: cannot serve on {args.host}:{args.port}: {error.strerror}")
+        hint = "; --port 0 picks a free one" if error.errno == errno.EADDRINUSE else ""
+        sys.exit(f"error: cannot serve on {args.host}:{args.port}: {error.strerror}{hint}")
     host, chosen_port = server.server_address[:2]
     if ipaddress.ip_address(host).is_loopback:
         print(f"draw at http://{host}:{chosen_port}/   (Ctrl-C stops)", flush=True)

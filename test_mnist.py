@@ -2380,7 +2380,8 @@ def test_a_bad_checkpoint_port_or_address_is_one_line(capsys, server, drawn_digi
     assert_one_line_error(*run(capsys, draw, tmp_path / "missing.pt")[::2], "no such file")
     good = drawn_digit_model
     assert_one_line_error(*run(capsys, draw, good, "--port", server[1])[::2],
-                          f"cannot serve on 127.0.0.1:{server[1]}", "in use")
+                          f"cannot serve on 127.0.0.1:{server[1]}", "in use",
+                          "--port 0 picks a free one")
     assert_one_line_error(*run(capsys, draw, good, "--port", 70000)[::2], "--port")
     assert_one_line_error(*run(capsys, draw, good, "--port", "http")[::2], "--port")
     assert_one_line_error(*run(capsys, draw, good, "--host", "192.0.2.1")[::2],  # not ours
