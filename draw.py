@@ -184,6 +184,7 @@ def handler(model, checkpoint):
             is its 501, "not implemented"; here it is 405, a method not allowed."""
             if code == HTTPStatus.NOT_IMPLEMENTED:
                 code, message = HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not served"
+            self.close_connection = True  # as http.server's own does: a body may be unread
             self.send_json(code, {"error": message or HTTPStatus(code).phrase})
 
         def send_json(self, status, body):
@@ -211,8 +212,8 @@ def main(argv=None):
     model.eval()
     # One thread per drawing. Two save a few milliseconds on an idle machine, but
     # while the browser or anything else keeps a core busy, handing a small job
-    # between threads makes each answer up to ten times slower. Several tabs are
-    # still answered at once, each in its own thread.
+    # between threads makes each answer up to ten times slower. Several drawings
+    # are still answered at once, one per core (the pool in handler).
     torch.set_num_threads(1)
     try:
         server = Server((args.host, args.port), handler(model, checkpoint))

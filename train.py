@@ -110,8 +110,9 @@ def make_parser():
                             "step, e.g. 0.999 (0: off)")
     optim.add_argument("--bf16", action="store_true", help="mixed precision: the layers' "
                        "matrix products in bfloat16, the loss, weights and checkpoint float32")
-    augment = parser.add_argument_group("data augmentation (training images only)", "The "
-        "distortion flags act with --augment, the default; --elastic-sigma with --elastic-alpha.")
+    augment = parser.add_argument_group("data augmentation (training images only)",
+                                        "The distortion flags act with --augment, the "
+                                        "default; --elastic-sigma with --elastic-alpha.")
     augment.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                          help="distort every training image anew each time it is used")
     augment.add_argument("--rotation", type=cli.nonnegative_float,
