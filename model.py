@@ -15,10 +15,12 @@ class MLP(nn.Module):
         h = relu(W1 x + b1)
         y = W2 h + b2
 
-    where x is the image flattened to 784 numbers and y holds one logit (the log
-    odds) per class. The predicted class is the index of the largest logit,
-    `logits.argmax(dim=1)`. Softmax is not applied here: nn.CrossEntropyLoss does
-    it, fused with the log, which is faster and numerically stable.
+    where x is the image flattened to 784 numbers and y holds one logit per class:
+    the lecture's "log odds", which for a softmax are the log-probabilities up to
+    a constant (softmax(y) gives the probabilities). The predicted class is the
+    index of the largest logit, `logits.argmax(dim=1)`. Softmax is not applied
+    here: nn.CrossEntropyLoss does it, fused with the log, which is faster and
+    numerically stable.
 
     hidden: the width of each hidden layer, MLP([1000, 500]), or one width.
     """
@@ -44,6 +46,8 @@ def logits_and_labels(model, loader):
     on the model's device."""
     model.eval()  # no dropout
     device = next(model.parameters()).device
-    logits, labels = zip(*[(model(images.to(device)), labels.to(device))
-                           for images, labels in loader])
-    return torch.cat(logits), torch.cat(labels)
+    all_logits, all_labels = [], []
+    for images, labels in loader:
+        all_logits.append(model(images.to(device)))
+        all_labels.append(labels.to(device))
+    return torch.cat(all_logits), torch.cat(all_labels)

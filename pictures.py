@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 import cli
+import train
 from checkpoint import CheckpointError, load_checkpoint
 
 
@@ -36,9 +37,9 @@ def save(figure, path):
                                                   bbox_inches="tight"))
 
 
-def learning_curves(metrics):
+def learning_curves(metrics, caption):
     """Loss and accuracy per epoch, on the training batches and on the validation
-    set, from the metrics a checkpoint stores."""
+    set, from the metrics a checkpoint stores; `caption`, lines under them."""
     epochs = [row["epoch"] for row in metrics]
     figure = Figure(figsize=(10, 3.8))
     loss_axes, accuracy_axes = figure.subplots(1, 2)
@@ -54,8 +55,7 @@ def learning_curves(metrics):
     for axes in (loss_axes, accuracy_axes):
         axes.grid(alpha=0.3)
         axes.legend()
-    figure.text(0.5, -0.04, "The training loss includes label smoothing, so it stays above "
-                "the validation loss's plain cross-entropy.", ha="center", fontsize=8)
+    figure.text(0.07, -0.02, "\n".join(caption), ha="left", va="top", fontsize=8)
     return figure
 
 
@@ -239,7 +239,8 @@ def main(argv=None):
         print(f"wrote {args.against_time} ({len(loaded)} run{'s' * (len(loaded) > 1)})")
         return
     model, checkpoint = loaded[args.checkpoints[0]]
-    save(learning_curves(checkpoint["metrics"]), args.curves)
+    caption = train.what_the_columns_measure(checkpoint["train_args"])
+    save(learning_curves(checkpoint["metrics"], caption), args.curves)
     print(f"wrote {args.curves} ({len(checkpoint['metrics'])} epochs)")
     weight = model.hidden_layers[0].weight  # [units, 784]
     save(first_layer_weights(weight), args.weights)

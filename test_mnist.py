@@ -432,9 +432,11 @@ def test_train_prints_one_line_per_epoch_and_saves(capsys, mnist, tmp_path):
     code, stdout, _ = run(capsys, train, "--data-dir", mnist, "--epochs", 3, "--hidden", 32,
                           "--val-size", 100, "--device", "cpu", "--out", out, "--log", log)
     assert code == 0
-    assert stdout.splitlines()[1].split() == ["epoch", "train", "loss", "train", "acc", "val",
-                                              "loss", "val", "acc", "time", "images/s", "lr",
-                                              "momentum"]
+    lines = stdout.splitlines()
+    assert lines[1:3] == train.what_the_columns_measure(vars(train.parse_args(
+        ["--data-dir", str(mnist), "--epochs", "3", "--hidden", "32", "--val-size", "100"])[0]))
+    assert lines[3].split() == ["epoch", "train", "loss", "train", "acc", "val", "loss", "val",
+                                "acc", "time", "images/s", "lr", "momentum"]
     epoch_lines = [line.split() for line in stdout.splitlines() if line.split()[0].isdigit()]
     assert [line[0] for line in epoch_lines] == ["1", "2", "3"]
     assert f"saved {out}" in stdout
@@ -450,6 +452,30 @@ def test_train_prints_one_line_per_epoch_and_saves(capsys, mnist, tmp_path):
     for line, row in zip(epoch_lines, rows):  # the line shows the CSV's rate and momentum
         assert line[-2:] == [f"{float(row['lr']):.2e}", f"{float(row['momentum']):.3f}"]
     assert checkpoint["train_args"]["hidden"] == [32]
+
+
+def test_the_lines_above_the_epoch_table_say_how_train_and_val_are_measured():
+    default = vars(train.parse_args([])[0])
+    assert train.what_the_columns_measure(default) == [
+        "train: distorted batches, averaged over the epoch while learning; "
+        "loss label-smoothed by 0.1 (at best 0.50)",
+        "val:   5,000 held-out images as they are, after the epoch; plain cross-entropy"]
+    # "at best": the loss of a model that predicts the smoothed target exactly
+    for smoothing in (0.1, 0.3):
+        target = torch.full((1, 10), smoothing / 10)
+        target[0, 3] += 1 - smoothing
+        lowest = F.cross_entropy(target.log(), torch.tensor([3]), label_smoothing=smoothing)
+        line = train.what_the_columns_measure({**default, "label_smoothing": smoothing})[0]
+        assert line.endswith(f"(at best {lowest:.2f})")
+    other = train.what_the_columns_measure({**default, "augment": False, "label_smoothing": 0,
+                                            "dropout": 0.2, "ema": 0.999})
+    assert other == ["train: the batches, averaged over the epoch while learning, dropout on",
+                     "val:   5,000 held-out images as they are, after the epoch, by the "
+                     "weights' moving average; plain cross-entropy"]
+    clean = train.what_the_columns_measure({**default, "clean_epochs": 2, "val_size": 0})
+    assert clean == ["train: distorted batches (undistorted in the last 2 epochs), averaged "
+                     "over the epoch while learning; loss label-smoothed by 0.1 (at best 0.50)",
+                     "val:   none (--val-size 0)"]
 
 
 def rates_and_momenta(capsys, mnist, tmp_path, *flags):
@@ -1791,7 +1817,7 @@ def test_a_crafted_checkpoint_given_to_resume_runs_no_code(capsys, checkpoint, m
 
 def test_learning_curves_plot_the_stored_metrics(checkpoint):
     metrics = torch.load(checkpoint, weights_only=True)["metrics"]
-    figure = pictures.learning_curves(metrics)
+    figure = pictures.learning_curves(metrics, ["train: a caption", "val:   its second line"])
     loss_axes, accuracy_axes = figure.axes
     train_loss, val_loss = loss_axes.lines
     assert list(train_loss.get_xdata()) == [1, 2]

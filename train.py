@@ -9,6 +9,7 @@ hyperparameter. The lesson is train_one_epoch: the training loop's six steps.
 """
 
 import argparse
+import math
 import sys
 import time
 
@@ -22,10 +23,8 @@ import data
 from averaging import MovingAverage
 from model import MLP, logits_and_labels
 
-# Denormal floats (below about 1e-38) become 0: Adam's moment estimates of dead
-# ReLU units decay into them and stay, and Intel CPUs compute on them many times
-# slower. Set at import, before torch starts its threads, which keep the mode of
-# the thread that started them (on Linux): set later, it holds in this one only.
+# Before torch starts its threads, which copy this setting: floats below 1e-38
+# become 0, which CPUs compute on faster (docs/speed.md, "Denormal numbers").
 torch.set_flush_denormal(True)
 
 # ----------------------------------------------------------------------------
@@ -50,16 +49,18 @@ def train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler=None, bf1
             loss = loss_fn(logits, labels)                    # 4. compute the loss
         loss.backward()                                       # 5. backpropagate gradients
         optimizer.step()                                      # 6. gradient descent step
+        # (train.py's --ema averages the weights here, in a hook of optimizer.step)
         if scheduler is not None:
             scheduler.step()
         step_losses.append(loss.detach())
         correct += (logits.argmax(dim=1) == labels).sum()
         seen += len(labels)
     step_losses = torch.stack(step_losses)
-    blown_up = (~(step_losses < 1000)).nonzero().flatten().tolist()  # NaN < 1000: False
-    if blown_up:
-        raise FloatingPointError(f"the loss reached {step_losses[blown_up[0]]:.3g} at step "
-                                 f"{blown_up[0] + 1} of {len(step_losses)}")
+    diverged = step_losses.isnan() | (step_losses > 1000)
+    if diverged.any():
+        step = diverged.nonzero()[0].item()  # the first step that diverged, from 0
+        raise FloatingPointError(f"the loss reached {step_losses[step]:.3g} at step "
+                                 f"{step + 1} of {len(step_losses)}")
     return step_losses.mean().item(), correct.item() / seen
 
 
@@ -220,11 +221,38 @@ METRICS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", 
            "images_per_second", "lr", "momentum"]
 
 
+def what_the_columns_measure(flags):
+    """The two lines above the epoch table (and under the learning curves), for
+    train.py's flags as a dict: the train and val columns are not measured alike,
+    so the train loss can stay well above the val loss without under-fitting."""
+    train = "distorted batches" if flags["augment"] else "the batches"
+    if flags["augment"] and flags.get("clean_epochs"):
+        train += f" (undistorted in the last {flags['clean_epochs']} epochs)"
+    train += ", averaged over the epoch while learning"
+    if flags["dropout"]:
+        train += ", dropout on"
+    smoothing = flags["label_smoothing"]
+    if smoothing:
+        # The smoothed target's own entropy, the lowest loss any model can reach.
+        kept, spread = 1 - smoothing + smoothing / 10, smoothing / 10
+        floor = -(kept * math.log(kept) + 9 * spread * math.log(spread))
+        train += f"; loss label-smoothed by {smoothing:g} (at best {floor:.2f})"
+    if flags["val_size"]:
+        val = (f"{flags['val_size']:,} held-out images as they are, after the epoch"
+               + (", by the weights' moving average" if flags.get("ema") else "")
+               + "; plain cross-entropy")
+    else:
+        val = "none (--val-size 0)"
+    return [f"train: {train}", f"val:   {val}"]
+
+
 def rate_and_momentum(optimizer):
     """The learning rate and momentum of the next step, as the schedule left them:
     SGD's momentum, or its counterpart in Adam, beta1."""
     settings = optimizer.param_groups[0]
-    return settings["lr"], settings["momentum"] if "momentum" in settings else settings["betas"][0]
+    if "momentum" in settings:  # SGD
+        return settings["lr"], settings["momentum"]
+    return settings["lr"], settings["betas"][0]  # Adam, AdamW
 
 
 def print_epoch(metrics):
@@ -282,6 +310,7 @@ def main(argv=None):
     print(f"training a {[28 * 28, *args.hidden, 10]} MLP on {len(train_set):,} {args.dataset} "
           f"images ({len(val_set):,} held out for validation) on {args.device}"
           + (f", resuming after epoch {saved_epoch} of {args.epochs}" if resumed else ""))
+    print("\n".join(what_the_columns_measure(vars(args))))
     print("epoch  train loss  train acc  val loss   val acc     time   images/s        lr"
           "  momentum")
     try:
