@@ -33,11 +33,13 @@ import predict
 from checkpoint import CheckpointError, load_checkpoint
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "draw.html")
-# A 400 x 400 canvas is a PNG of 10 to 30 KB; a megabyte is not a drawing.
+# A 400 x 400 canvas is a PNG of about 14 KB (Chromium's; EXPERIMENTS.md): a
+# megabyte is not a drawing.
 MAX_BODY = 1_000_000
 # The page sends its 400 x 400 canvas; the margin is for a browser that sends
 # more. Larger PNGs are refused from their header: a small file can hold a
-# 10,000 x 10,000 image, which takes a third of a second and 200 MB to decode.
+# 10,000 x 10,000 image: one of 418 KB took 5.6-6.6 s and 388 MB to read here
+# (predict.read_image, on two shared cores of a Zen 3).
 MAX_DRAWING_SIDE = 1024
 
 
@@ -136,8 +138,8 @@ def handler(model, checkpoint):
     html = page(checkpoint)
     # The drawings are answered by one thread per core, first come, first
     # served (the pool's queue). A hundred answered at once, each in its
-    # connection's thread, took 1.1 GB and kept the unluckiest waiting 2.5 s
-    # (p99); this way, 0.55 GB and 0.8 s.
+    # connection's thread, took 1.1 GB and kept the unluckiest waiting 2.84 s
+    # (p99); this way, 550 MiB and 0.96 s (EXPERIMENTS.md, docs/digits.md).
     answering = ThreadPoolExecutor(os.cpu_count() or 1)
 
     class Handler(BaseHTTPRequestHandler):

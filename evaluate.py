@@ -100,7 +100,7 @@ def main(argv=None):
         cli.write_file(args.json, lambda f: f.write(json.dumps(metrics, indent=2).encode()))
         print(f"\nwrote {args.json}")
     if args.confusion or args.errors:
-        import pictures  # only now: importing matplotlib takes a second or two
+        import pictures  # only now: importing matplotlib takes seconds
 
     if args.confusion:
         pictures.save(pictures.confusion_heatmap(counts.cpu(), classes), args.confusion)

@@ -198,7 +198,7 @@ def main(argv=None):
         answer = classes[top.indices[0].item()]
         print(f"{path}: {answer}   ({ranking})")
         if args.show:
-            import pictures  # only here: importing matplotlib takes a second or two
+            import pictures  # only here: importing matplotlib takes seconds
 
             name = os.path.splitext(os.path.basename(path))[0] + ".png"
             figure = pictures.what_the_model_saw(original, (digit * 255).round().byte(),

@@ -280,7 +280,7 @@ def main(argv=None):
     augmentation = make_augmentation(args, normalization)
     train_set.transform = augmentation
     if args.show_augmentation:
-        import pictures  # only here: importing matplotlib takes a second or two
+        import pictures  # only here: importing matplotlib takes seconds
 
         return pictures.show_augmentation(args, train_set, normalization)
     shuffling = torch.Generator().manual_seed(args.seed)
