@@ -217,6 +217,7 @@ def make_scheduler(optimizer, args, steps_per_epoch):
 
 # ----------------------------------------------------------------------------
 
+# The columns of --log's CSV file, in order: the keys of each epoch's metrics.
 METRICS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds",
            "images_per_second", "lr", "momentum"]
 
@@ -326,10 +327,13 @@ def main(argv=None):
                                                              optimizer, scheduler, args.bf16)
                 train_seconds = time.perf_counter() - start
                 val_loss, val_accuracy = validate(kept_model, val_loader)
-                history.append(dict(zip(METRICS, (
-                    epoch, train_loss, train_accuracy, val_loss, val_accuracy,
-                    time.perf_counter() - start, len(train_set) / train_seconds,
-                    *rate_and_momentum(optimizer)))))
+                lr, momentum = rate_and_momentum(optimizer)
+                history.append({"epoch": epoch, "train_loss": train_loss,
+                                "train_accuracy": train_accuracy, "val_loss": val_loss,
+                                "val_accuracy": val_accuracy,
+                                "seconds": time.perf_counter() - start,
+                                "images_per_second": len(train_set) / train_seconds,
+                                "lr": lr, "momentum": momentum})
                 # Saved every epoch, so that a kill or a power cut loses one epoch at
                 # most; the training state is left out of the finished model.
                 finished = epoch == args.epochs
