@@ -39,7 +39,6 @@ import crowd
 import data
 import draw
 import evaluate
-import pictures
 import predict
 import train
 from averaging import MovingAverage
@@ -54,6 +53,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # The three checks of the design, each readable alone: the shapes, the loss's
 # dtype handling, and that a short run reduces the loss.
 
+@pytest.mark.lesson
 def test_shapes_images_in_one_logit_per_class_out():
     """A batch of images [B, 1, 28, 28] gives logits [B, 10], whatever the hidden
     layers; MLP(512) is the lecture's one hidden layer of 512 units."""
@@ -67,12 +67,19 @@ def test_shapes_images_in_one_logit_per_class_out():
     assert batch_images.shape == (16, 1, 28, 28) and batch_labels.shape == (16,)
 
 
-def test_the_loss_takes_float_logits_and_int64_class_labels():
+@pytest.mark.lesson
+def test_the_loss_takes_float_logits_and_int64_class_labels(mnist):
     """nn.CrossEntropyLoss wants logits [N, C] and integer class indices [N]:
-    int64. Other dtypes fail, or mean something else."""
+    int64. Other dtypes fail, or mean something else. MNIST stores its labels
+    as uint8: data.py's batches bring them as int64, with float32 images."""
+    _, stored_labels = data.load_split(mnist, "mnist", "test")
+    assert stored_labels.dtype == torch.uint8
+    test_set = mnist_test_set(mnist)
+    assert torch.equal(test_set.labels, stored_labels.long())
+    images, labels = next(iter(data.make_loader(test_set, 64, shuffle=False)))
+    assert images.dtype == torch.float32 and labels.dtype == torch.int64
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]])
-    labels = torch.tensor([0, 1])
-    assert labels.dtype == torch.int64
+    labels = torch.tensor([0, 1])  # int64, torch's default for integers
     expected = -(torch.log_softmax(logits, dim=1)[[0, 1], [0, 1]]).mean()
     assert torch.allclose(nn.CrossEntropyLoss()(logits, labels), expected)
     # float or int32 class indices are refused outright (the message differs
@@ -87,6 +94,7 @@ def test_the_loss_takes_float_logits_and_int64_class_labels():
     assert not torch.allclose(F.cross_entropy(logits, smeared), F.cross_entropy(logits, labels))
 
 
+@pytest.mark.lesson
 def test_a_short_run_reduces_the_loss():
     """Three epochs of train_one_epoch on 600 easy images (ten fixed random
     patterns with noise), with a stock DataLoader, bring the loss from about
@@ -136,6 +144,7 @@ def pasted_alone(*pieces):
     return namespace
 
 
+@pytest.mark.lesson
 def test_the_mlp_the_loop_and_the_dataset_each_run_pasted_alone():
     pasted = pasted_alone(("model.py", "MLP"), ("train.py", "train_one_epoch"),
                           ("data.py", "MNISTTensors"))
@@ -183,6 +192,7 @@ def code_of(source, name):
     return ast.dump(node)
 
 
+@pytest.mark.lesson
 def test_the_readme_s_own_code_block_is_made_of_the_pieces_and_runs(tmp_path):
     block = readme_block("Use it in your own code")
     assert len(block.splitlines()) <= 50
@@ -199,6 +209,7 @@ def test_the_readme_s_own_code_block_is_made_of_the_pieces_and_runs(tmp_path):
     assert float(lines[-1].split()[-1].rstrip("%")) > 90
 
 
+@pytest.mark.lesson
 def test_the_loop_pasted_alone_stops_a_diverging_run_at_the_step():
     pasted = pasted_alone(("model.py", "MLP"), ("train.py", "train_one_epoch"))
     images, labels = torch.randn(256, 1, 28, 28), torch.arange(256) % 10
@@ -247,6 +258,15 @@ def mnist(tmp_path_factory):
 
 
 CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="session")
+def pictures():
+    """pictures.py, imported by the tests that draw: matplotlib and torchvision take
+    two seconds to import, which the lesson's tests need not wait for."""
+    import pictures
+
+    return pictures
 
 
 def split(root, val_size, seed=0):
@@ -310,13 +330,7 @@ def assert_one_line_error(code, err, *expected):
 
 
 # ----------------------------------------------------------------------------
-# Shapes and dtypes
-
-@pytest.mark.parametrize("hidden", [[512], [32, 16]])
-def test_logits_have_one_column_per_class(hidden):
-    model = MLP(hidden)
-    assert model(torch.zeros(7, 1, 28, 28)).shape == (7, 10)
-
+# The model and the data set
 
 def test_the_lecture_mlp_is_relu_of_w1_x_plus_b1_then_w2_h_plus_b2():
     model = MLP([16])
@@ -326,15 +340,14 @@ def test_the_lecture_mlp_is_relu_of_w1_x_plus_b1_then_w2_h_plus_b2():
     assert torch.allclose(model(x), h @ second.weight.T + second.bias, atol=1e-6)
 
 
-def test_batches_are_float_images_and_int64_labels_on_the_device(mnist):
+def test_batches_are_of_the_batch_size_and_each_epoch_has_every_image(mnist):
     train_set, val_set = split(mnist, 100)
     assert (len(train_set), len(val_set)) == (500, 100)
     batches = list(data.make_loader(train_set, 64, shuffle=True,
                                     generator=torch.Generator().manual_seed(0)))
     assert [len(labels) for _, labels in batches] == [64] * 7 + [52]
     images, labels = batches[0]
-    assert images.shape == (64, 1, 28, 28) and images.dtype == torch.float32
-    assert labels.shape == (64,) and labels.dtype == torch.int64  # uint8 on disk
+    assert images.shape == (64, 1, 28, 28) and labels.shape == (64,)
     assert labels.min() >= 0 and labels.max() <= 9
     # Every image exactly once per epoch, in a new order each epoch.
     loader = data.make_loader(train_set, 64, shuffle=True,
@@ -411,17 +424,6 @@ def test_validation_split_is_chosen_by_the_seed_and_disjoint(mnist):
     # No validation image is also a training image.
     flat_train, flat_val = train_a.flatten(1), val_a.flatten(1)
     assert not (flat_val[:, None, :] == flat_train[None, :, :]).all(dim=2).any()
-
-
-# ----------------------------------------------------------------------------
-# The loss: float logits (N, C) and int64 class indices (N,)
-
-def test_labels_stored_as_uint8_arrive_as_int64(mnist):
-    _, labels = data.load_split(mnist, "mnist", "test")
-    assert labels.dtype == torch.uint8
-    test_set = mnist_test_set(mnist)
-    assert test_set.labels.dtype == torch.int64
-    assert torch.equal(test_set.labels, labels.long())
 
 
 # ----------------------------------------------------------------------------
@@ -1086,7 +1088,7 @@ def test_confusion_matrix_counts_true_rows_and_predicted_columns():
 
 
 def test_error_grid_draws_the_test_images_as_stored_with_probabilities(
-        capsys, checkpoint, mnist, tmp_path, monkeypatch):
+        pictures, capsys, checkpoint, mnist, tmp_path, monkeypatch):
     real_logits = evaluate.logits_and_labels
 
     def always_wrong(model, loader):  # every prediction one class off, 70 % sure
@@ -1789,7 +1791,7 @@ def test_a_crafted_checkpoint_given_to_resume_runs_no_code(capsys, checkpoint, m
 # ----------------------------------------------------------------------------
 # Pictures
 
-def test_learning_curves_plot_the_stored_metrics(checkpoint):
+def test_learning_curves_plot_the_stored_metrics(pictures, checkpoint):
     metrics = torch.load(checkpoint, weights_only=True)["metrics"]
     figure = pictures.learning_curves(metrics)
     loss_axes, accuracy_axes = figure.axes
@@ -1801,7 +1803,7 @@ def test_learning_curves_plot_the_stored_metrics(checkpoint):
                                                         for row in metrics]
 
 
-def test_each_weight_tile_is_that_unit_s_weights_rescaled():
+def test_each_weight_tile_is_that_unit_s_weights_rescaled(pictures):
     weight = torch.randn(12, 784)
     figure = pictures.first_layer_weights(weight)
     mosaic = torch.from_numpy(figure.axes[0].images[0].get_array().filled(float("nan")))
@@ -1815,7 +1817,7 @@ def test_each_weight_tile_is_that_unit_s_weights_rescaled():
     assert figure.axes[0].images[0].norm.vmin == -1 and figure.axes[0].images[0].norm.vmax == 1
 
 
-def test_the_heat_map_shows_the_confusion_matrix():
+def test_the_heat_map_shows_the_confusion_matrix(pictures):
     counts = torch.randint(0, 50, (10, 10))
     classes = data.DATASETS["fashion-mnist"]["classes"]
     figure = pictures.confusion_heatmap(counts, classes)
@@ -1827,7 +1829,8 @@ def test_the_heat_map_shows_the_confusion_matrix():
     assert [label.get_text() for label in axes.get_yticklabels()] == classes
 
 
-def test_pictures_draws_curves_and_weights_from_a_checkpoint(capsys, checkpoint, tmp_path):
+def test_pictures_draws_curves_and_weights_from_a_checkpoint(pictures, capsys, checkpoint,
+                                                             tmp_path):
     curves, weights = tmp_path / "curves.png", tmp_path / "weights.png"
     code, stdout, _ = run(capsys, pictures, checkpoint, "--curves", curves, "--weights", weights)
     assert code == 0
@@ -1836,7 +1839,7 @@ def test_pictures_draws_curves_and_weights_from_a_checkpoint(capsys, checkpoint,
         assert Image.open(picture).format == "PNG"
 
 
-def test_accuracy_against_time_draws_each_run_at_its_cumulative_minutes():
+def test_accuracy_against_time_draws_each_run_at_its_cumulative_minutes(pictures):
     fast = [{"seconds": 6.0, "val_accuracy": 0.97}, {"seconds": 6.0, "val_accuracy": 0.98}]
     slow = [{"seconds": 60.0, "val_accuracy": 0.95 + i / 100} for i in range(4)]
     figure = pictures.accuracy_against_time({"fast": fast, "slow": slow})
@@ -1850,7 +1853,7 @@ def test_accuracy_against_time_draws_each_run_at_its_cumulative_minutes():
     assert axes.get_xscale() == "log"
 
 
-def test_pictures_against_time_compares_checkpoints(capsys, checkpoint, tmp_path):
+def test_pictures_against_time_compares_checkpoints(pictures, capsys, checkpoint, tmp_path):
     picture, other = tmp_path / "time.png", tmp_path / "other.pt"
     other.write_bytes(open(checkpoint, "rb").read())
     code, stdout, _ = run(capsys, pictures, "--against-time", picture, checkpoint, other)
@@ -1864,12 +1867,12 @@ def test_pictures_against_time_compares_checkpoints(capsys, checkpoint, tmp_path
     assert_one_line_error(code, err, "other.pt", "no validation accuracy")
 
 
-def test_pictures_of_a_bad_checkpoint_is_one_line(capsys, tmp_path):
+def test_pictures_of_a_bad_checkpoint_is_one_line(pictures, capsys, tmp_path):
     code, _, err = run(capsys, pictures, tmp_path / "missing.pt", "--curves", tmp_path / "c.png")
     assert_one_line_error(code, err, "no such file")
 
 
-def test_show_augmentation_draws_each_class_and_trains_nothing(capsys, mnist, tmp_path,
+def test_show_augmentation_draws_each_class_and_trains_nothing(pictures, capsys, mnist, tmp_path,
                                                                monkeypatch):
     drawn = {}
     real_grid = pictures.augmentation_grid
