@@ -41,6 +41,7 @@ import draw
 import evaluate
 import predict
 import train
+import train_flags
 from averaging import MovingAverage
 from checkpoint import CHECKPOINT_FIELDS, load_checkpoint, model_config, save_checkpoint
 from cli import replacing
@@ -690,7 +691,7 @@ def test_with_show_augmentation_every_training_flag_is_named(capsys, mnist, tmp_
                 if group.title in ("model", "optimization") for action in group._group_actions}
     args = parser.parse_args(["--show-augmentation", str(picture)])
     everything = dict.fromkeys(vars(args))
-    assert set(cli.idle_flags(args, everything)) == training | {
+    assert set(train_flags.idle_flags(args, everything)) == training | {
         "clean_epochs", "out", "log", "elastic_sigma"}  # (at --elastic-alpha 0)
 
 
@@ -703,7 +704,7 @@ def test_bf16_without_native_support_is_named_once_and_only_when_it_trains(monke
             (["--bf16", "--show-augmentation", "a.png"],
              ["--bf16 does nothing in this run: --show-augmentation trains nothing"])]:
         argv += ["--device", "cpu"]
-        assert cli.notes(parser.parse_args(argv), cli.given_flags(parser, argv)) == expected
+        assert train_flags.notes(*train_flags.parse(parser, argv)) == expected
 
 
 # ----------------------------------------------------------------------------
@@ -1652,8 +1653,10 @@ def in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys, *flags):
     return out
 
 
+# --hidden 384 256 is the default, not the run's own --hidden 32: given, it is a change.
 @pytest.mark.parametrize("flags", [["--lr", "0.01"], ["--epochs", "10"], ["--no-augment"],
-                                   ["--dataset", "fashion-mnist"], ["--seed", "1"], ["--bf16"]])
+                                   ["--dataset", "fashion-mnist"], ["--seed", "1"], ["--bf16"],
+                                   ["--hidden", "384", "256"]])
 def test_resume_refuses_a_flag_that_would_change_the_run(capsys, mnist, tmp_path,
                                                          monkeypatch, flags):
     out = in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys)
@@ -1672,6 +1675,51 @@ def test_resume_may_change_where_the_data_and_the_output_are(capsys, mnist, tmp_
     assert code == 0, err
     assert torch.load(elsewhere, weights_only=True)["epochs_completed"] == 3
     assert torch.load(out, weights_only=True)["epochs_completed"] == 1  # left as it was
+
+
+def test_a_resumed_run_whose_log_folder_is_gone_is_refused_before_it_trains(
+        capsys, mnist, tmp_path, monkeypatch):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    out = in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys, "--log", logs / "log.csv")
+    shutil.rmtree(logs)
+    before = out.read_bytes()
+    code, stdout, err = run(capsys, train, "--resume", out, "--data-dir", mnist)
+    assert code == 2
+    assert_one_line_error(code, err, "argument --log", f"folder {logs} does not exist", str(out))
+    assert out.read_bytes() == before and "epoch  train loss" not in stdout
+    # and where the checkpoint itself can no longer be written (a --log given elsewhere)
+    logs.mkdir()
+    real_probe = cli.tempfile.TemporaryFile
+
+    def read_only(dir):
+        if dir == str(out.parent):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_probe(dir=dir)
+
+    monkeypatch.setattr(cli.tempfile, "TemporaryFile", read_only)
+    code, stdout, err = run(capsys, train, "--resume", out, "--data-dir", mnist, "--log",
+                            logs / "log.csv")
+    assert_one_line_error(code, err, "argument --resume", "Permission denied")
+    assert out.read_bytes() == before and "epoch  train loss" not in stdout
+
+
+def test_each_flag_is_checked_once_given_or_default(tmp_path, monkeypatch):
+    """The command line is parsed once: a check that writes a probe file into
+    an output's folder, or asks CUDA for its devices, runs once a flag."""
+    probed, devices = [], []
+    real_probe, real_device = cli.tempfile.TemporaryFile, cli.device
+    monkeypatch.setattr(cli.tempfile, "TemporaryFile",
+                        lambda dir: probed.append(dir) or real_probe(dir=dir))
+    monkeypatch.setattr(cli, "device", lambda name: devices.append(name) or real_device(name))
+    (tmp_path / "logs").mkdir()
+    train.parse_args(["--out", str(tmp_path / "m.pt"), "--log", str(tmp_path / "logs" / "l.csv"),
+                      "--device", "cpu"])
+    assert probed == [str(tmp_path), str(tmp_path / "logs")] and devices == ["cpu"]
+    probed.clear(), devices.clear()
+    monkeypatch.chdir(tmp_path)
+    train.parse_args([])  # --out model.pt and --device auto, the defaults
+    assert probed == ["."] and devices == ["auto"]
 
 
 def test_a_run_saved_before_a_flag_existed_resumes_with_its_default(
