@@ -738,17 +738,19 @@ train.main(sys.argv[1:])
 
 
 def test_every_thread_of_a_training_process_flushes_denormals(mnist):
-    training = run_command("-c", "import sys, torch, train\n" + IN_TRAINING, "--data-dir", mnist,
-                           "--val-size", 100, "--device", "cpu")
-    assert training.returncode == 0, training.stderr
-    _, unflushed, _, threads = training.stdout.splitlines()[-1].split()
+    training = start_command("-c", "import sys, torch, train\n" + IN_TRAINING, "--data-dir",
+                             mnist, "--val-size", 100, "--device", "cpu")
+    # ... while, in another process at once, the count sees a thread that does not flush:
+    late = start_command("-c", "import torch\n" + COUNT_UNFLUSHED + (
+        "torch.ones(1 << 22).mul(2).sum()\n"  # the threads start, unflushed
+        "torch.set_flush_denormal(True)\n"  # then this one flushes, they do not
+        "print(count_unflushed())"))
+    (out, err), (late_out, late_err) = training.communicate(120), late.communicate(120)
+    assert training.returncode == 0, err
+    _, unflushed, _, threads = out.splitlines()[-1].split()
     assert unflushed == "0" and int(threads) == torch.get_num_threads()
-    if torch.get_num_threads() > 1:  # the count sees a thread that does not flush:
-        late = run_command("-c", "import torch\n" + COUNT_UNFLUSHED + (
-            "torch.ones(1 << 22).mul(2).sum()\n"  # the threads start, unflushed
-            "torch.set_flush_denormal(True)\n"  # then this one flushes, they do not
-            "print(count_unflushed())"))
-        assert 0 < int(late.stdout) < 1 << 22, late.stderr
+    if torch.get_num_threads() > 1:
+        assert 0 < int(late_out) < 1 << 22, late_err
 
 
 def test_the_tests_own_threads_flush_as_a_training_process_s_do():
@@ -758,6 +760,47 @@ def test_the_tests_own_threads_flush_as_a_training_process_s_do():
     namespace = {"torch": torch}
     exec(COUNT_UNFLUSHED, namespace)
     assert namespace["count_unflushed"]() == 0
+
+
+# ----------------------------------------------------------------------------
+# Every OS collects every test: those that need what Windows lacks skip there
+
+# Windows' standard library, as far as these tests can tell: no POSIX signals
+# or process calls, and none of the Unix-only modules.
+WINDOWS_STDLIB = """
+import os, signal, sys
+for name in ("SIGKILL", "SIGHUP", "SIGQUIT", "SIGALRM", "SIGUSR1", "SIGUSR2", "SIGCHLD",
+             "SIGPIPE", "SIGCONT", "SIGSTOP", "SIGTSTP", "alarm", "setitimer", "getitimer",
+             "pause", "pthread_kill", "pthread_sigmask", "siginterrupt", "sigpending", "sigwait"):
+    if hasattr(signal, name):
+        delattr(signal, name)
+for name in ("fork", "forkpty", "getuid", "geteuid", "getgid", "getegid", "getgroups", "setsid",
+             "setpgid", "getpgid", "killpg", "setuid", "setgid", "nice", "wait3", "wait4", "sync",
+             "getloadavg", "sched_getaffinity"):
+    if hasattr(os, name):
+        delattr(os, name)
+for name in ("resource", "fcntl", "termios", "pwd", "grp"):
+    sys.modules[name] = None  # import refused
+import pytest
+sys.exit(pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "test_mnist.py"]))
+"""
+
+
+class Collected:
+    """A pytest plugin that counts the tests a session collects."""
+
+    def pytest_collection_finish(self, session):
+        self.count = len(session.items)
+
+
+def test_every_test_is_collected_with_windows_standard_library(capsys):
+    here = Collected()
+    pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", __file__], plugins=[here])
+    capsys.readouterr()
+    assert here.count > 200
+    windows = run_command("-c", WINDOWS_STDLIB)
+    assert windows.returncode == 0, windows.stdout[-2000:] + windows.stderr
+    assert f"{here.count} tests collected" in windows.stdout.splitlines()[-1]
 
 
 # ----------------------------------------------------------------------------
