@@ -2469,7 +2469,10 @@ def serve_until_ctrl_c(capsys, monkeypatch, *argv):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(draw.Server, "serve_forever", serve_then_ctrl_c)
-    code, out, err = run(capsys, draw, *argv)
+    try:
+        code, out, err = run(capsys, draw, *argv)
+    except KeyboardInterrupt:  # (which would stop pytest itself)
+        pytest.fail("Ctrl-C ended draw.py with a traceback, not its one line")
     return code, asked["line"], asked["status"], out, err
 
 
