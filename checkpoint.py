@@ -138,7 +138,8 @@ def resumed_args(parser, args, given):
     _, checkpoint = load_checkpoint(args.resume)
     # A flag added since the run was saved takes its default, which does what
     # train.py did before it had the flag.
-    stored = {**vars(parser.parse_args([])), **checkpoint["train_args"]}
+    stored = {**{name: parser.get_default(name) for name in vars(args)},
+              **checkpoint["train_args"]}
     for name, value in given.items():
         if name not in MAY_CHANGE_ON_RESUME and value != stored[name]:
             raise ChangedFlag(f"{cli.as_flag(name, value)} would change the run in "

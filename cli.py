@@ -19,8 +19,6 @@ import tempfile
 
 import torch
 
-import data
-
 
 class ArgumentParser(argparse.ArgumentParser):
     """argparse, except that a bad flag prints one line, not the usage block."""
@@ -145,68 +143,6 @@ def output_folder(path):
     except OSError as error:
         raise argparse.ArgumentTypeError(f"cannot write into {path}: {error.strerror}") from None
     return path
-
-
-def given_flags(parser, argv):
-    """The flags that the command line `argv` gives, as {argparse name: value}:
-    argparse itself does not tell them from the defaults. Parsed again into a
-    namespace that has every attribute already, so that no default is filled in."""
-    unset = object()
-    names = vars(parser.parse_args(argv))
-    given = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(names, unset)))
-    return {name: value for name, value in vars(given).items() if value is not unset}
-
-
-def conflicting_flags(args):
-    """train.py's flags that contradict each other, as argparse's message for
-    the refusal, or None."""
-    if args.show_augmentation and not args.augment:
-        return "argument --show-augmentation: there is nothing to show with --no-augment"
-    if args.clean_epochs and not args.augment:
-        return "argument --clean-epochs: with --no-augment every epoch is clean"
-    if args.clean_epochs > args.epochs:
-        return (f"argument --clean-epochs: {args.clean_epochs} is more than "
-                f"--epochs {args.epochs}")
-    return None
-
-
-def idle_flags(args, given):
-    """train.py's flags among `given` that no value of could change its run,
-    each with why. They are named in a note, not refused: a sweep may pass one
-    set of flags to runs that use different parts of it."""
-    idle = {}
-    if args.optimizer != "sgd":
-        idle["momentum"] = f"it is sgd's ({args.optimizer}'s beta1 is torch's)"
-    if args.scheduler != "step":
-        idle["gamma"] = "it belongs to --scheduler step"
-    elif args.epochs == 1:
-        idle["gamma"] = "the rate steps after each epoch, and there is one"
-    if not args.augment:
-        idle.update(dict.fromkeys(data.DISTORTION_DEFAULTS, "--no-augment distorts nothing"))
-    elif args.clean_epochs >= args.epochs and not args.show_augmentation:
-        idle.update(dict.fromkeys(["augment", *data.DISTORTION_DEFAULTS],
-                                  f"with --clean-epochs {args.clean_epochs} every epoch is "
-                                  f"clean"))
-    elif args.elastic_alpha == 0:
-        idle["elastic_sigma"] = "there is no elastic distortion at --elastic-alpha 0"
-    if args.show_augmentation:
-        training = ["hidden", "dropout", "optimizer", "lr", "momentum", "weight_decay",
-                    "scheduler", "gamma", "batch_size", "epochs", "label_smoothing", "ema",
-                    "bf16", "clean_epochs", "out", "log"]
-        idle.update(dict.fromkeys(training, "--show-augmentation trains nothing"))
-    return {name: why for name, why in idle.items() if name in given}
-
-
-def notes(args, given):
-    """What train.py says before it starts: each idle flag among `given`, and
-    a --bf16 that will run slower than float32."""
-    idle = idle_flags(args, given)
-    notes = [f"{as_flag(name, getattr(args, name))} does nothing in this run: {why}"
-             for name, why in idle.items()]
-    if args.bf16 and "bf16" not in idle and not has_native_bf16(args.device):
-        notes.append(f"{args.device} has no native bfloat16, so --bf16 runs slower than "
-                     f"float32 here")
-    return notes
 
 
 def as_flag(name, value):

@@ -39,9 +39,9 @@ import crowd
 import data
 import draw
 import evaluate
-import pictures
 import predict
 import train
+import train_flags
 from averaging import MovingAverage
 from checkpoint import CHECKPOINT_FIELDS, load_checkpoint, model_config, save_checkpoint
 from cli import replacing
@@ -54,6 +54,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # The three checks of the design, each readable alone: the shapes, the loss's
 # dtype handling, and that a short run reduces the loss.
 
+@pytest.mark.lesson
 def test_shapes_images_in_one_logit_per_class_out():
     """A batch of images [B, 1, 28, 28] gives logits [B, 10], whatever the hidden
     layers; MLP(512) is the lecture's one hidden layer of 512 units."""
@@ -67,12 +68,19 @@ def test_shapes_images_in_one_logit_per_class_out():
     assert batch_images.shape == (16, 1, 28, 28) and batch_labels.shape == (16,)
 
 
-def test_the_loss_takes_float_logits_and_int64_class_labels():
+@pytest.mark.lesson
+def test_the_loss_takes_float_logits_and_int64_class_labels(mnist):
     """nn.CrossEntropyLoss wants logits [N, C] and integer class indices [N]:
-    int64. Other dtypes fail, or mean something else."""
+    int64. Other dtypes fail, or mean something else. MNIST stores its labels
+    as uint8: data.py's batches bring them as int64, with float32 images."""
+    _, stored_labels = data.load_split(mnist, "mnist", "test")
+    assert stored_labels.dtype == torch.uint8
+    test_set = mnist_test_set(mnist)
+    assert torch.equal(test_set.labels, stored_labels.long())
+    images, labels = next(iter(data.make_loader(test_set, 64, shuffle=False)))
+    assert images.dtype == torch.float32 and labels.dtype == torch.int64
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 3.0, 0.0]])
-    labels = torch.tensor([0, 1])
-    assert labels.dtype == torch.int64
+    labels = torch.tensor([0, 1])  # int64, torch's default for integers
     expected = -(torch.log_softmax(logits, dim=1)[[0, 1], [0, 1]]).mean()
     assert torch.allclose(nn.CrossEntropyLoss()(logits, labels), expected)
     # float or int32 class indices are refused outright (the message differs
@@ -87,6 +95,7 @@ def test_the_loss_takes_float_logits_and_int64_class_labels():
     assert not torch.allclose(F.cross_entropy(logits, smeared), F.cross_entropy(logits, labels))
 
 
+@pytest.mark.lesson
 def test_a_short_run_reduces_the_loss():
     """Three epochs of train_one_epoch on 600 easy images (ten fixed random
     patterns with noise), with a stock DataLoader, bring the loss from about
@@ -136,6 +145,7 @@ def pasted_alone(*pieces):
     return namespace
 
 
+@pytest.mark.lesson
 def test_the_mlp_the_loop_and_the_dataset_each_run_pasted_alone():
     pasted = pasted_alone(("model.py", "MLP"), ("train.py", "train_one_epoch"),
                           ("data.py", "MNISTTensors"))
@@ -183,6 +193,7 @@ def code_of(source, name):
     return ast.dump(node)
 
 
+@pytest.mark.lesson
 def test_the_readme_s_own_code_block_is_made_of_the_pieces_and_runs(tmp_path):
     block = readme_block("Use it in your own code")
     assert len(block.splitlines()) <= 50
@@ -199,6 +210,7 @@ def test_the_readme_s_own_code_block_is_made_of_the_pieces_and_runs(tmp_path):
     assert float(lines[-1].split()[-1].rstrip("%")) > 90
 
 
+@pytest.mark.lesson
 def test_the_loop_pasted_alone_stops_a_diverging_run_at_the_step():
     pasted = pasted_alone(("model.py", "MLP"), ("train.py", "train_one_epoch"))
     images, labels = torch.randn(256, 1, 28, 28), torch.arange(256) % 10
@@ -249,6 +261,15 @@ def mnist(tmp_path_factory):
 CPU = torch.device("cpu")
 
 
+@pytest.fixture(scope="session")
+def pictures():
+    """pictures.py, imported by the tests that draw: matplotlib and torchvision take
+    two seconds to import, which the lesson's tests need not wait for."""
+    import pictures
+
+    return pictures
+
+
 def split(root, val_size, seed=0):
     """The training and validation sets, as train.py makes them."""
     train_set, val_set, _ = data.train_val_sets(root, "mnist", val_size, seed, CPU)
@@ -294,11 +315,20 @@ def run_command(*argv, **kwargs):
 def start_command(*argv, **kwargs):
     """The real command line in a fresh Python, running on, as from a terminal:
     Ctrl-C (SIGINT) reaches it even when the tests themselves run in the
-    background, where the shell starts every process with SIGINT ignored."""
+    background, where the shell starts every process with SIGINT ignored.
+    (Windows has no preexec_fn, and no SIGINT to send: posix_signals skips there.)"""
+    ctrl_c_as_in_a_terminal = None if os.name == "nt" else (
+        lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     return subprocess.Popen([sys.executable, *map(str, argv)], cwd=HERE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-                            **kwargs)
+                            preexec_fn=ctrl_c_as_in_a_terminal, **kwargs)
+
+
+# Windows' signal has no SIGKILL, and its send_signal(SIGTERM) kills at once,
+# as SIGKILL does: a test that signals a training process skips there.
+posix_signals = pytest.mark.skipif(
+    not hasattr(signal, "SIGKILL"),
+    reason="needs POSIX signals (SIGINT, SIGTERM, SIGKILL) sent to a process; Windows lacks them")
 
 
 def assert_one_line_error(code, err, *expected):
@@ -310,13 +340,7 @@ def assert_one_line_error(code, err, *expected):
 
 
 # ----------------------------------------------------------------------------
-# Shapes and dtypes
-
-@pytest.mark.parametrize("hidden", [[512], [32, 16]])
-def test_logits_have_one_column_per_class(hidden):
-    model = MLP(hidden)
-    assert model(torch.zeros(7, 1, 28, 28)).shape == (7, 10)
-
+# The model and the data set
 
 def test_the_lecture_mlp_is_relu_of_w1_x_plus_b1_then_w2_h_plus_b2():
     model = MLP([16])
@@ -326,15 +350,14 @@ def test_the_lecture_mlp_is_relu_of_w1_x_plus_b1_then_w2_h_plus_b2():
     assert torch.allclose(model(x), h @ second.weight.T + second.bias, atol=1e-6)
 
 
-def test_batches_are_float_images_and_int64_labels_on_the_device(mnist):
+def test_batches_are_of_the_batch_size_and_each_epoch_has_every_image(mnist):
     train_set, val_set = split(mnist, 100)
     assert (len(train_set), len(val_set)) == (500, 100)
     batches = list(data.make_loader(train_set, 64, shuffle=True,
                                     generator=torch.Generator().manual_seed(0)))
     assert [len(labels) for _, labels in batches] == [64] * 7 + [52]
     images, labels = batches[0]
-    assert images.shape == (64, 1, 28, 28) and images.dtype == torch.float32
-    assert labels.shape == (64,) and labels.dtype == torch.int64  # uint8 on disk
+    assert images.shape == (64, 1, 28, 28) and labels.shape == (64,)
     assert labels.min() >= 0 and labels.max() <= 9
     # Every image exactly once per epoch, in a new order each epoch.
     loader = data.make_loader(train_set, 64, shuffle=True,
@@ -411,17 +434,6 @@ def test_validation_split_is_chosen_by_the_seed_and_disjoint(mnist):
     # No validation image is also a training image.
     flat_train, flat_val = train_a.flatten(1), val_a.flatten(1)
     assert not (flat_val[:, None, :] == flat_train[None, :, :]).all(dim=2).any()
-
-
-# ----------------------------------------------------------------------------
-# The loss: float logits (N, C) and int64 class indices (N,)
-
-def test_labels_stored_as_uint8_arrive_as_int64(mnist):
-    _, labels = data.load_split(mnist, "mnist", "test")
-    assert labels.dtype == torch.uint8
-    test_set = mnist_test_set(mnist)
-    assert test_set.labels.dtype == torch.int64
-    assert torch.equal(test_set.labels, labels.long())
 
 
 # ----------------------------------------------------------------------------
@@ -714,7 +726,7 @@ def test_with_show_augmentation_every_training_flag_is_named(capsys, mnist, tmp_
                 if group.title in ("model", "optimization") for action in group._group_actions}
     args = parser.parse_args(["--show-augmentation", str(picture)])
     everything = dict.fromkeys(vars(args))
-    assert set(cli.idle_flags(args, everything)) == training | {
+    assert set(train_flags.idle_flags(args, everything)) == training | {
         "clean_epochs", "out", "log", "elastic_sigma"}  # (at --elastic-alpha 0)
 
 
@@ -727,7 +739,7 @@ def test_bf16_without_native_support_is_named_once_and_only_when_it_trains(monke
             (["--bf16", "--show-augmentation", "a.png"],
              ["--bf16 does nothing in this run: --show-augmentation trains nothing"])]:
         argv += ["--device", "cpu"]
-        assert cli.notes(parser.parse_args(argv), cli.given_flags(parser, argv)) == expected
+        assert train_flags.notes(*train_flags.parse(parser, argv)) == expected
 
 
 # ----------------------------------------------------------------------------
@@ -752,17 +764,19 @@ train.main(sys.argv[1:])
 
 
 def test_every_thread_of_a_training_process_flushes_denormals(mnist):
-    training = run_command("-c", "import sys, torch, train\n" + IN_TRAINING, "--data-dir", mnist,
-                           "--val-size", 100, "--device", "cpu")
-    assert training.returncode == 0, training.stderr
-    _, unflushed, _, threads = training.stdout.splitlines()[-1].split()
+    training = start_command("-c", "import sys, torch, train\n" + IN_TRAINING, "--data-dir",
+                             mnist, "--val-size", 100, "--device", "cpu")
+    # ... while, in another process at once, the count sees a thread that does not flush:
+    late = start_command("-c", "import torch\n" + COUNT_UNFLUSHED + (
+        "torch.ones(1 << 22).mul(2).sum()\n"  # the threads start, unflushed
+        "torch.set_flush_denormal(True)\n"  # then this one flushes, they do not
+        "print(count_unflushed())"))
+    (out, err), (late_out, late_err) = training.communicate(120), late.communicate(120)
+    assert training.returncode == 0, err
+    _, unflushed, _, threads = out.splitlines()[-1].split()
     assert unflushed == "0" and int(threads) == torch.get_num_threads()
-    if torch.get_num_threads() > 1:  # the count sees a thread that does not flush:
-        late = run_command("-c", "import torch\n" + COUNT_UNFLUSHED + (
-            "torch.ones(1 << 22).mul(2).sum()\n"  # the threads start, unflushed
-            "torch.set_flush_denormal(True)\n"  # then this one flushes, they do not
-            "print(count_unflushed())"))
-        assert 0 < int(late.stdout) < 1 << 22, late.stderr
+    if torch.get_num_threads() > 1:
+        assert 0 < int(late_out) < 1 << 22, late_err
 
 
 def test_the_tests_own_threads_flush_as_a_training_process_s_do():
@@ -772,6 +786,47 @@ def test_the_tests_own_threads_flush_as_a_training_process_s_do():
     namespace = {"torch": torch}
     exec(COUNT_UNFLUSHED, namespace)
     assert namespace["count_unflushed"]() == 0
+
+
+# ----------------------------------------------------------------------------
+# Every OS collects every test: those that need what Windows lacks skip there
+
+# Windows' standard library, as far as these tests can tell: no POSIX signals
+# or process calls, and none of the Unix-only modules.
+WINDOWS_STDLIB = """
+import os, signal, sys
+for name in ("SIGKILL", "SIGHUP", "SIGQUIT", "SIGALRM", "SIGUSR1", "SIGUSR2", "SIGCHLD",
+             "SIGPIPE", "SIGCONT", "SIGSTOP", "SIGTSTP", "alarm", "setitimer", "getitimer",
+             "pause", "pthread_kill", "pthread_sigmask", "siginterrupt", "sigpending", "sigwait"):
+    if hasattr(signal, name):
+        delattr(signal, name)
+for name in ("fork", "forkpty", "getuid", "geteuid", "getgid", "getegid", "getgroups", "setsid",
+             "setpgid", "getpgid", "killpg", "setuid", "setgid", "nice", "wait3", "wait4", "sync",
+             "getloadavg", "sched_getaffinity"):
+    if hasattr(os, name):
+        delattr(os, name)
+for name in ("resource", "fcntl", "termios", "pwd", "grp"):
+    sys.modules[name] = None  # import refused
+import pytest
+sys.exit(pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "test_mnist.py"]))
+"""
+
+
+class Collected:
+    """A pytest plugin that counts the tests a session collects."""
+
+    def pytest_collection_finish(self, session):
+        self.count = len(session.items)
+
+
+def test_every_test_is_collected_with_windows_standard_library(capsys):
+    here = Collected()
+    pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", __file__], plugins=[here])
+    capsys.readouterr()
+    assert here.count > 200
+    windows = run_command("-c", WINDOWS_STDLIB)
+    assert windows.returncode == 0, windows.stdout[-2000:] + windows.stderr
+    assert f"{here.count} tests collected" in windows.stdout.splitlines()[-1]
 
 
 # ----------------------------------------------------------------------------
@@ -1112,7 +1167,7 @@ def test_confusion_matrix_counts_true_rows_and_predicted_columns():
 
 
 def test_error_grid_draws_the_test_images_as_stored_with_probabilities(
-        capsys, checkpoint, mnist, tmp_path, monkeypatch):
+        pictures, capsys, checkpoint, mnist, tmp_path, monkeypatch):
     real_logits = evaluate.logits_and_labels
 
     def always_wrong(model, loader):  # every prediction one class off, 70 % sure
@@ -1463,24 +1518,6 @@ def test_the_crafted_checkpoint_would_run_code_if_loaded_unsafely(checkpoint, tm
 # ----------------------------------------------------------------------------
 # Interruption and failure: nothing lost
 
-def test_ctrl_c_saves_the_last_completed_epoch(mnist, tmp_path):
-    out = tmp_path / "m.pt"
-    process = start_command("train.py", "--data-dir", mnist, "--epochs", 100000, "--val-size",
-                            100, "--hidden", 32, "--device", "cpu", "--out", out)
-    for line in process.stdout:  # wait until two epochs are done
-        if line.split()[:1] == ["2"]:
-            break
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
-    assert_one_line_error(process.returncode, err, "interrupted", str(out))
-    checkpoint = torch.load(out, weights_only=True)
-    assert checkpoint["training_state"] is not None  # not finished: it can be resumed
-    assert checkpoint["epochs_completed"] >= 2
-    assert len(checkpoint["metrics"]) == checkpoint["epochs_completed"]
-    assert f"after epoch {checkpoint['epochs_completed']}" in err
-    assert os.listdir(tmp_path) == ["m.pt"]  # no temporary file left behind
-
-
 def test_ctrl_c_saves_the_weights_of_the_completed_epoch_not_the_partial_one(
         capsys, mnist, tmp_path, monkeypatch):
     real_epoch = train.train_one_epoch
@@ -1609,51 +1646,49 @@ def stop_after_epoch(process, epoch, signal_number):
     return process.communicate(timeout=60)
 
 
-@pytest.mark.parametrize("signal_number", [signal.SIGKILL, signal.SIGTERM])
-def test_a_run_killed_in_its_third_epoch_leaves_the_second(capsys, mnist, tmp_path,
-                                                           signal_number):
-    out, log = tmp_path / "m.pt", tmp_path / "log.csv"
-    process = start_training(mnist, out, "--epochs", 6, "--log", log)
-    _, err = stop_after_epoch(process, 2, signal_number)
-    if signal_number == signal.SIGTERM:
-        assert_one_line_error(process.returncode, err, "interrupted", "after epoch 2 of 6",
-                              f"python train.py --resume {out}")
-    else:
-        assert process.returncode == -signal.SIGKILL and err == ""  # no chance to say a word
-    saved = torch.load(out, weights_only=True)
-    assert saved["epochs_completed"] == 2 and len(saved["metrics"]) == 2
-    assert sorted(os.listdir(tmp_path)) == ["log.csv", "m.pt"]  # no temporary file
-    assert len(log.read_text().splitlines()) == 3  # the header and both epochs
-    code, stdout, _ = run(capsys, evaluate, out, "--data-dir", mnist)
-    assert code == 0 and "the model after epoch 2 of 6 (the run is not finished)" in stdout
-
-
 def timeless(metrics):
     return [{k: v for k, v in row.items() if k not in ("seconds", "images_per_second")}
             for row in metrics]
 
 
-@pytest.mark.parametrize("flags", [[], ["--ema", "0.5"], ["--clean-epochs", "2", "--bf16"]])
-def test_an_interrupted_run_resumed_ends_bit_identical_to_one_never_interrupted(
-        capsys, mnist, tmp_path, flags):
-    straight, resumed = tmp_path / "straight.pt", tmp_path / "resumed.pt"
+# Each signal stops a real process (with a flag that keeps more state); the run
+# it leaves is then resumed here, to the weights of one never interrupted.
+@posix_signals
+@pytest.mark.parametrize("signal_name, flags", [("SIGINT", []), ("SIGTERM", ["--ema", "0.5"]),
+                                                ("SIGKILL", ["--clean-epochs", "2", "--bf16"])])
+def test_a_run_stopped_in_its_third_epoch_leaves_the_second_and_resumes_bit_identical(
+        capsys, mnist, tmp_path, signal_name, flags):
+    straight, out, log = tmp_path / "straight.pt", tmp_path / "m.pt", tmp_path / "log.csv"
     code, _, err = run(capsys, train, "--data-dir", mnist, "--out", straight, *RESUMABLE_RUN,
                        "--epochs", 4, *flags)
     assert code == 0, err
-    process = start_training(mnist, resumed, "--epochs", 4, *flags)
-    stop_after_epoch(process, 2, signal.SIGTERM)
-    assert torch.load(resumed, weights_only=True)["epochs_completed"] == 2
-    code, stdout, err = run(capsys, train, "--resume", resumed, "--data-dir", mnist,
-                            "--log", tmp_path / "log.csv")
+    process = start_training(mnist, out, "--epochs", 4, "--log", log, *flags)
+    signal_number = getattr(signal, signal_name)
+    _, err = stop_after_epoch(process, 2, signal_number)
+    if signal_number == signal.SIGKILL:
+        assert process.returncode == -signal.SIGKILL and err == ""  # no chance to say a word
+    else:  # Ctrl-C, or a cluster's time limit
+        assert_one_line_error(process.returncode, err, "interrupted", "after epoch 2 of 4",
+                              f"python train.py --resume {out}")
+    saved = torch.load(out, weights_only=True)
+    assert saved["epochs_completed"] == 2 and len(saved["metrics"]) == 2
+    assert saved["training_state"] is not None  # not finished: it can be resumed
+    assert sorted(os.listdir(tmp_path)) == ["log.csv", "m.pt", "straight.pt"]  # no temporary
+    assert len(log.read_text().splitlines()) == 3  # the header and both epochs
+    code, stdout, _ = run(capsys, evaluate, out, "--data-dir", mnist)
+    assert code == 0 and "the model after epoch 2 of 4 (the run is not finished)" in stdout
+
+    code, stdout, err = run(capsys, train, "--resume", out, "--data-dir", mnist,
+                            "--log", tmp_path / "resumed.csv")
     assert code == 0, err
     assert "resuming after epoch 2 of 4" in stdout
-    expected, got = (torch.load(path, weights_only=True) for path in (straight, resumed))
+    expected, got = (torch.load(path, weights_only=True) for path in (straight, out))
     assert got["epochs_completed"] == 4 and got["training_state"] is None
     assert timeless(got["metrics"]) == timeless(expected["metrics"])
     for name, weights in expected["state_dict"].items():
         assert torch.equal(got["state_dict"][name], weights), name
     # The log of the resumed run has every epoch, the first two included.
-    assert [row.split(",")[0] for row in (tmp_path / "log.csv").read_text().split()] == [
+    assert [row.split(",")[0] for row in (tmp_path / "resumed.csv").read_text().split()] == [
         "epoch", "1", "2", "3", "4"]
 
 
@@ -1676,8 +1711,10 @@ def in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys, *flags):
     return out
 
 
+# --hidden 384 256 is the default, not the run's own --hidden 32: given, it is a change.
 @pytest.mark.parametrize("flags", [["--lr", "0.01"], ["--epochs", "10"], ["--no-augment"],
-                                   ["--dataset", "fashion-mnist"], ["--seed", "1"], ["--bf16"]])
+                                   ["--dataset", "fashion-mnist"], ["--seed", "1"], ["--bf16"],
+                                   ["--hidden", "384", "256"]])
 def test_resume_refuses_a_flag_that_would_change_the_run(capsys, mnist, tmp_path,
                                                          monkeypatch, flags):
     out = in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys)
@@ -1696,6 +1733,51 @@ def test_resume_may_change_where_the_data_and_the_output_are(capsys, mnist, tmp_
     assert code == 0, err
     assert torch.load(elsewhere, weights_only=True)["epochs_completed"] == 3
     assert torch.load(out, weights_only=True)["epochs_completed"] == 1  # left as it was
+
+
+def test_a_resumed_run_whose_log_folder_is_gone_is_refused_before_it_trains(
+        capsys, mnist, tmp_path, monkeypatch):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    out = in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys, "--log", logs / "log.csv")
+    shutil.rmtree(logs)
+    before = out.read_bytes()
+    code, stdout, err = run(capsys, train, "--resume", out, "--data-dir", mnist)
+    assert code == 2
+    assert_one_line_error(code, err, "argument --log", f"folder {logs} does not exist", str(out))
+    assert out.read_bytes() == before and "epoch  train loss" not in stdout
+    # and where the checkpoint itself can no longer be written (a --log given elsewhere)
+    logs.mkdir()
+    real_probe = cli.tempfile.TemporaryFile
+
+    def read_only(dir):
+        if dir == str(out.parent):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_probe(dir=dir)
+
+    monkeypatch.setattr(cli.tempfile, "TemporaryFile", read_only)
+    code, stdout, err = run(capsys, train, "--resume", out, "--data-dir", mnist, "--log",
+                            logs / "log.csv")
+    assert_one_line_error(code, err, "argument --resume", "Permission denied")
+    assert out.read_bytes() == before and "epoch  train loss" not in stdout
+
+
+def test_each_flag_is_checked_once_given_or_default(tmp_path, monkeypatch):
+    """The command line is parsed once: a check that writes a probe file into
+    an output's folder, or asks CUDA for its devices, runs once a flag."""
+    probed, devices = [], []
+    real_probe, real_device = cli.tempfile.TemporaryFile, cli.device
+    monkeypatch.setattr(cli.tempfile, "TemporaryFile",
+                        lambda dir: probed.append(dir) or real_probe(dir=dir))
+    monkeypatch.setattr(cli, "device", lambda name: devices.append(name) or real_device(name))
+    (tmp_path / "logs").mkdir()
+    train.parse_args(["--out", str(tmp_path / "m.pt"), "--log", str(tmp_path / "logs" / "l.csv"),
+                      "--device", "cpu"])
+    assert probed == [str(tmp_path), str(tmp_path / "logs")] and devices == ["cpu"]
+    probed.clear(), devices.clear()
+    monkeypatch.chdir(tmp_path)
+    train.parse_args([])  # --out model.pt and --device auto, the defaults
+    assert probed == ["."] and devices == ["auto"]
 
 
 def test_a_run_saved_before_a_flag_existed_resumes_with_its_default(
@@ -1815,7 +1897,7 @@ def test_a_crafted_checkpoint_given_to_resume_runs_no_code(capsys, checkpoint, m
 # ----------------------------------------------------------------------------
 # Pictures
 
-def test_learning_curves_plot_the_stored_metrics(checkpoint):
+def test_learning_curves_plot_the_stored_metrics(pictures, checkpoint):
     metrics = torch.load(checkpoint, weights_only=True)["metrics"]
     figure = pictures.learning_curves(metrics, ["train: a caption", "val:   its second line"])
     loss_axes, accuracy_axes = figure.axes
@@ -1827,7 +1909,7 @@ def test_learning_curves_plot_the_stored_metrics(checkpoint):
                                                         for row in metrics]
 
 
-def test_each_weight_tile_is_that_unit_s_weights_rescaled():
+def test_each_weight_tile_is_that_unit_s_weights_rescaled(pictures):
     weight = torch.randn(12, 784)
     figure = pictures.first_layer_weights(weight)
     mosaic = torch.from_numpy(figure.axes[0].images[0].get_array().filled(float("nan")))
@@ -1841,7 +1923,7 @@ def test_each_weight_tile_is_that_unit_s_weights_rescaled():
     assert figure.axes[0].images[0].norm.vmin == -1 and figure.axes[0].images[0].norm.vmax == 1
 
 
-def test_the_heat_map_shows_the_confusion_matrix():
+def test_the_heat_map_shows_the_confusion_matrix(pictures):
     counts = torch.randint(0, 50, (10, 10))
     classes = data.DATASETS["fashion-mnist"]["classes"]
     figure = pictures.confusion_heatmap(counts, classes)
@@ -1853,7 +1935,8 @@ def test_the_heat_map_shows_the_confusion_matrix():
     assert [label.get_text() for label in axes.get_yticklabels()] == classes
 
 
-def test_pictures_draws_curves_and_weights_from_a_checkpoint(capsys, checkpoint, tmp_path):
+def test_pictures_draws_curves_and_weights_from_a_checkpoint(pictures, capsys, checkpoint,
+                                                             tmp_path):
     curves, weights = tmp_path / "curves.png", tmp_path / "weights.png"
     code, stdout, _ = run(capsys, pictures, checkpoint, "--curves", curves, "--weights", weights)
     assert code == 0
@@ -1862,7 +1945,7 @@ def test_pictures_draws_curves_and_weights_from_a_checkpoint(capsys, checkpoint,
         assert Image.open(picture).format == "PNG"
 
 
-def test_accuracy_against_time_draws_each_run_at_its_cumulative_minutes():
+def test_accuracy_against_time_draws_each_run_at_its_cumulative_minutes(pictures):
     fast = [{"seconds": 6.0, "val_accuracy": 0.97}, {"seconds": 6.0, "val_accuracy": 0.98}]
     slow = [{"seconds": 60.0, "val_accuracy": 0.95 + i / 100} for i in range(4)]
     figure = pictures.accuracy_against_time({"fast": fast, "slow": slow})
@@ -1876,7 +1959,7 @@ def test_accuracy_against_time_draws_each_run_at_its_cumulative_minutes():
     assert axes.get_xscale() == "log"
 
 
-def test_pictures_against_time_compares_checkpoints(capsys, checkpoint, tmp_path):
+def test_pictures_against_time_compares_checkpoints(pictures, capsys, checkpoint, tmp_path):
     picture, other = tmp_path / "time.png", tmp_path / "other.pt"
     other.write_bytes(open(checkpoint, "rb").read())
     code, stdout, _ = run(capsys, pictures, "--against-time", picture, checkpoint, other)
@@ -1890,12 +1973,12 @@ def test_pictures_against_time_compares_checkpoints(capsys, checkpoint, tmp_path
     assert_one_line_error(code, err, "other.pt", "no validation accuracy")
 
 
-def test_pictures_of_a_bad_checkpoint_is_one_line(capsys, tmp_path):
+def test_pictures_of_a_bad_checkpoint_is_one_line(pictures, capsys, tmp_path):
     code, _, err = run(capsys, pictures, tmp_path / "missing.pt", "--curves", tmp_path / "c.png")
     assert_one_line_error(code, err, "no such file")
 
 
-def test_show_augmentation_draws_each_class_and_trains_nothing(capsys, mnist, tmp_path,
+def test_show_augmentation_draws_each_class_and_trains_nothing(pictures, capsys, mnist, tmp_path,
                                                                monkeypatch):
     drawn = {}
     real_grid = pictures.augmentation_grid
@@ -2391,14 +2474,39 @@ def test_several_tabs_drawing_at_once_are_all_answered(server):
         0, 1, 2, 3, 4, 5, 6, 7]
 
 
-def test_ctrl_c_stops_the_server_with_one_line(drawn_digit_model):
-    process = start_command("draw.py", drawn_digit_model, "--port", 0)
-    address = process.stdout.readline().split("http://")[1].split("/")[0]
-    host, port = address.split(":")
-    assert request((host, int(port)), "GET", "/")[0] == 200
-    process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=30)
-    assert (process.returncode, out, err) == (0, "stopped\n", "")
+def serve_until_ctrl_c(capsys, monkeypatch, *argv):
+    """draw.py's main(argv) in this process, its server answering in a thread
+    until Ctrl-C: stopped (KeyboardInterrupt, where serve_forever waits) once a
+    page has been asked of the address its start line names. Returns (exit code,
+    that line, the page's status, what followed the line, stderr)."""
+    asked = {}
+
+    def serve_then_ctrl_c(server):
+        thread = threading.Thread(target=draw.ThreadingHTTPServer.serve_forever, args=(server,))
+        thread.start()
+        try:
+            asked["line"] = capsys.readouterr().out
+            address = asked["line"].split("http://")[1].split("/")[0]
+            host, port = address.rsplit(":", 1)
+            asked["status"] = request((host, int(port)), "GET", "/")[0]
+        finally:
+            server.shutdown()
+            thread.join()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(draw.Server, "serve_forever", serve_then_ctrl_c)
+    try:
+        code, out, err = run(capsys, draw, *argv)
+    except KeyboardInterrupt:  # (which would stop pytest itself)
+        pytest.fail("Ctrl-C ended draw.py with a traceback, not its one line")
+    return code, asked["line"], asked["status"], out, err
+
+
+def test_ctrl_c_stops_the_server_with_one_line(capsys, monkeypatch, drawn_digit_model):
+    code, line, status, out, err = serve_until_ctrl_c(capsys, monkeypatch, drawn_digit_model,
+                                                      "--port", 0)
+    assert line.startswith("draw at http://127.0.0.1:") and status == 200
+    assert (code, out, err) == (0, "stopped\n", "")
 
 
 def test_a_bad_checkpoint_port_or_address_is_one_line(capsys, server, drawn_digit_model,
@@ -2438,14 +2546,47 @@ def test_a_crowd_of_drawers_is_all_answered_a_core_s_worth_at_a_time(server, mon
     assert len(most) == 180 and max(most) <= (os.cpu_count() or 1)
 
 
-def test_a_class_connecting_at_once_is_held_until_the_server_accepts(drawn_digit_model):
-    """150 connections made before the server accepts any: the kernel keeps
-    them waiting (http.server's own queue of 5 made it refuse the rest)."""
+@pytest.fixture
+def open_files():
+    """allow(count): let this process hold `count` more open files (sockets) than
+    it has, raising its limit where the resource module can (macOS's default is
+    256), or skip; put back afterwards. Windows has no such limit, nor the module."""
+    try:
+        import resource
+    except ImportError:
+        yield lambda count: None
+        return
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+    def allow(count):
+        soft, hard = limits
+        wanted = count + 256  # and the files that torch, pytest and the tests have open
+        if soft == resource.RLIM_INFINITY or soft >= wanted:
+            return
+        if hard != resource.RLIM_INFINITY and hard < wanted:
+            pytest.skip(f"needs {wanted} open files; this system allows {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+
+    yield allow
+    resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+
+
+# http.server's listen queue was 5; draw.py asks for 1,024, which the kernel may
+# cap: at 128 on macOS (somaxconn), as Python's socket.SOMAXCONN says there.
+CLASS_AT_ONCE = min(150, socket.SOMAXCONN)
+
+
+def test_a_class_connecting_at_once_is_held_until_the_server_accepts(drawn_digit_model,
+                                                                     open_files):
+    """A class's connections (150, or as many as the listen queue holds) made
+    before the server accepts any: the kernel keeps them waiting (http.server's
+    own queue of 5 made it refuse the rest)."""
+    open_files(2 * CLASS_AT_ONCE)  # both ends of each connection are in this process
     model, checkpoint = load_checkpoint(drawn_digit_model)
     httpd = draw.Server(("127.0.0.1", 0), draw.handler(model, checkpoint))
     try:
         connections = [socket.create_connection(httpd.server_address, timeout=2)
-                       for _ in range(150)]
+                       for _ in range(CLASS_AT_ONCE)]
         thread = threading.Thread(target=httpd.serve_forever)
         thread.start()
         blank = png(Image.new("RGB", (400, 400), "white"))
@@ -2519,7 +2660,8 @@ def test_a_png_larger_than_the_page_s_is_refused_from_its_header(server, monkeyp
     assert status == 200 and len(answer["probabilities"]) == 10
 
 
-def test_stalled_connections_do_not_hold_up_a_drawing(capsys, server):
+def test_stalled_connections_do_not_hold_up_a_drawing(capsys, server, open_files):
+    open_files(2 * 100 + 10)  # both ends of each, in this process
     stalled = []
     for i in range(100):  # each stops halfway through its request, and waits
         connection = socket.create_connection(server, timeout=30)
@@ -2537,16 +2679,16 @@ def test_stalled_connections_do_not_hold_up_a_drawing(capsys, server):
     assert capsys.readouterr().err == ""
 
 
-def test_on_a_network_address_the_start_line_names_one_others_can_open(drawn_digit_model):
-    process = start_command("draw.py", drawn_digit_model, "--host", "0.0.0.0", "--port", 0)
-    try:
-        line = process.stdout.readline()
-        host, port = line.split("http://")[1].split("/")[0].split(":")
-        assert host != "0.0.0.0" and "anyone who can reach this address may draw" in line
-        assert request((host, int(port)), "GET", "/")[0] == 200  # an address of this machine
-    finally:
-        process.send_signal(signal.SIGINT)
-        process.communicate(timeout=30)
+@pytest.mark.skipif(sys.platform in ("win32", "darwin"), reason="needs to listen on every "
+                    "address (0.0.0.0), which Windows and macOS answer with a firewall prompt")
+def test_on_a_network_address_the_start_line_names_one_others_can_open(
+        capsys, monkeypatch, drawn_digit_model):
+    code, line, status, out, err = serve_until_ctrl_c(capsys, monkeypatch, drawn_digit_model,
+                                                      "--host", "0.0.0.0", "--port", 0)
+    host = line.split("http://")[1].split(":")[0]
+    assert host != "0.0.0.0" and "anyone who can reach this address may draw" in line
+    assert status == 200  # an address of this machine
+    assert (code, out, err) == (0, "stopped\n", "")
     assert draw.address_for_others("10.1.2.3") == "10.1.2.3"  # a given address, as it is
 
 

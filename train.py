@@ -20,6 +20,7 @@ from torch import nn
 import checkpoint
 import cli
 import data
+import train_flags
 from averaging import MovingAverage
 from model import MLP, logits_and_labels
 
@@ -157,8 +158,7 @@ def parse_args(argv=None):
     """The flags, the checkpoint with --resume (else None), and the flags that
     the command line gave, which may be idle."""
     parser = make_parser()
-    args = parser.parse_args(argv)
-    given = cli.given_flags(parser, argv)
+    args, given = train_flags.parse(parser, argv)
     resumed = None
     if args.resume is not None:  # the run's own flags, stored in its checkpoint
         try:
@@ -171,7 +171,18 @@ def parse_args(argv=None):
             print(f"{args.resume} is a finished run ({resumed['epochs_completed']} of "
                   f"{args.epochs} epochs): nothing to resume")
             sys.exit(0)
-    conflict = cli.conflicting_flags(args)
+        # What the resumed run writes, where --out and --log do not say otherwise:
+        # its checkpoint, and the log that the checkpoint names. Checked as a fresh
+        # run's outputs are, so that a folder removed since fails now, not after
+        # an epoch has trained.
+        for name, flag in (("out", "--resume"), ("log", "--log")):
+            if getattr(args, name) is not None and name not in given:
+                try:
+                    cli.output_file(getattr(args, name))
+                except argparse.ArgumentTypeError as error:
+                    parser.error(f"argument {flag}: {error}, where the run in "
+                                 f"{args.resume} writes")
+    conflict = train_flags.conflicting_flags(args)
     if conflict:
         parser.error(conflict)
     return args, resumed, given
@@ -269,7 +280,7 @@ def print_epoch(metrics):
 
 def main(argv=None):
     args, resumed, given = parse_args(argv)
-    for note in cli.notes(args, given):
+    for note in train_flags.notes(args, given):
         print(f"note: {note}")
     torch.manual_seed(args.seed)  # the initial weights and dropout
     try:
