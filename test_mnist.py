@@ -76,7 +76,7 @@ def threads_of_a_training_process():
 
 # The tests that need a fresh Python wait seconds for it to import torch. Their
 # fresh interpreters are jobs, started together when the session starts (those
-# of the tests selected), one at a time beside the tests that run in this
+# of the tests selected), two at a time beside the tests that run in this
 # process; each test then reads its job's result. A job is a function of a new
 # folder and the fixtures it names.
 JOBS = {}
