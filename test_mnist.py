@@ -1814,9 +1814,8 @@ def test_a_run_stopped_in_its_third_epoch_leaves_the_second_and_resumes_bit_iden
         "epoch", "1", "2", "3"]
 
 
-def in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys, *flags):
-    """A run of 3 epochs, with `flags` added, interrupted (Ctrl-C) during its second."""
-    out = tmp_path / "run.pt"
+def interrupt_the_second_epoch(monkeypatch):
+    """train.py's second epoch ends as Ctrl-C ends it. Returns the real epoch."""
     real_epoch, epochs = train.train_one_epoch, []
 
     def interrupt_the_second(*args, **kwargs):
@@ -1826,10 +1825,29 @@ def in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys, *flags):
         return real_epoch(*args, **kwargs)
 
     monkeypatch.setattr(train, "train_one_epoch", interrupt_the_second)
+    return real_epoch
+
+
+def in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys, *flags):
+    """A run of 3 epochs, with `flags` added, interrupted (Ctrl-C) during its second."""
+    out = tmp_path / "run.pt"
+    real_epoch = interrupt_the_second_epoch(monkeypatch)
     code, _, err = run(capsys, train, "--data-dir", mnist, "--out", out, *RESUMABLE_RUN,
                        "--epochs", 3, *flags)
     monkeypatch.setattr(train, "train_one_epoch", real_epoch)
     assert code == 1 and "after epoch 1 of 3" in err, err
+    return out
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(mnist, tmp_path_factory):
+    """in_progress_checkpoint's run, made once for the tests that only read it."""
+    out = tmp_path_factory.mktemp("interrupted") / "run.pt"
+    with pytest.MonkeyPatch.context() as monkeypatch, contextlib.redirect_stdout(io.StringIO()):
+        interrupt_the_second_epoch(monkeypatch)
+        with pytest.raises(SystemExit, match="after epoch 1 of 3"):
+            train.main(["--data-dir", str(mnist), "--out", str(out), *RESUMABLE_RUN,
+                        "--epochs", "3"])
     return out
 
 
@@ -1838,8 +1856,9 @@ def in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys, *flags):
                                    ["--dataset", "fashion-mnist"], ["--seed", "1"], ["--bf16"],
                                    ["--hidden", "384", "256"]])
 def test_resume_refuses_a_flag_that_would_change_the_run(capsys, mnist, tmp_path,
-                                                         monkeypatch, flags):
-    out = in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys)
+                                                         interrupted_run, flags):
+    out = tmp_path / "run.pt"
+    shutil.copy(interrupted_run, out)
     before = out.read_bytes()
     code, stdout, err = run(capsys, train, "--resume", out, "--data-dir", mnist, *flags)
     assert_one_line_error(code, err, flags[0], "leave")
