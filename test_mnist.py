@@ -512,7 +512,7 @@ def test_train_prints_one_line_per_epoch_and_saves(capsys, mnist, tmp_path):
                           "--val-size", 100, "--device", "cpu", "--out", out, "--log", log)
     assert code == 0
     lines = stdout.splitlines()
-    assert lines[1:3] == train.what_the_columns_measure(vars(train.parse_args(
+    assert lines[1:3] == train_flags.what_the_columns_measure(vars(train.parse_args(
         ["--data-dir", str(mnist), "--epochs", "3", "--hidden", "32", "--val-size", "100"])[0]))
     assert lines[3].split() == ["epoch", "train", "loss", "train", "acc", "val", "loss", "val",
                                 "acc", "time", "images/s", "lr", "momentum"]
@@ -535,7 +535,7 @@ def test_train_prints_one_line_per_epoch_and_saves(capsys, mnist, tmp_path):
 
 def test_the_lines_above_the_epoch_table_say_how_train_and_val_are_measured():
     default = vars(train.parse_args([])[0])
-    assert train.what_the_columns_measure(default) == [
+    assert train_flags.what_the_columns_measure(default) == [
         "train: distorted batches, averaged over the epoch while learning; "
         "loss label-smoothed by 0.1 (at best 0.50)",
         "val:   5,000 held-out images as they are, after the epoch; plain cross-entropy"]
@@ -544,14 +544,14 @@ def test_the_lines_above_the_epoch_table_say_how_train_and_val_are_measured():
         target = torch.full((1, 10), smoothing / 10)
         target[0, 3] += 1 - smoothing
         lowest = F.cross_entropy(target.log(), torch.tensor([3]), label_smoothing=smoothing)
-        line = train.what_the_columns_measure({**default, "label_smoothing": smoothing})[0]
+        line = train_flags.what_the_columns_measure({**default, "label_smoothing": smoothing})[0]
         assert line.endswith(f"(at best {lowest:.2f})")
-    other = train.what_the_columns_measure({**default, "augment": False, "label_smoothing": 0,
+    other = train_flags.what_the_columns_measure({**default, "augment": False, "label_smoothing": 0,
                                             "dropout": 0.2, "ema": 0.999})
     assert other == ["train: the batches, averaged over the epoch while learning, dropout on",
                      "val:   5,000 held-out images as they are, after the epoch, by the "
                      "weights' moving average; plain cross-entropy"]
-    clean = train.what_the_columns_measure({**default, "clean_epochs": 2, "val_size": 0})
+    clean = train_flags.what_the_columns_measure({**default, "clean_epochs": 2, "val_size": 0})
     assert clean == ["train: distorted batches (undistorted in the last 2 epochs), averaged "
                      "over the epoch while learning; loss label-smoothed by 0.1 (at best 0.50)",
                      "val:   none (--val-size 0)"]
@@ -2464,16 +2464,6 @@ def png(page):
     return file.getvalue()
 
 
-@pytest.fixture
-def one_thread():
-    """torch on one thread, as draw.py runs it: on a busy machine, many times
-    faster for a server's small jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def drawn_digit_model(tmp_path_factory):
     """A checkpoint of a small MLP trained on drawn digits, each prepared as
@@ -2505,7 +2495,7 @@ def drawn_digit_model(tmp_path_factory):
 
 
 @pytest.fixture
-def server(drawn_digit_model, one_thread):
+def server(drawn_digit_model):
     """draw.py's server on a free port, in a thread of this process: its address."""
     model, checkpoint = load_checkpoint(drawn_digit_model)
     model.eval()

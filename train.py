@@ -9,7 +9,6 @@ hyperparameter. The lesson is train_one_epoch: the training loop's six steps.
 """
 
 import argparse
-import math
 import sys
 import time
 
@@ -171,17 +170,9 @@ def parse_args(argv=None):
             print(f"{args.resume} is a finished run ({resumed['epochs_completed']} of "
                   f"{args.epochs} epochs): nothing to resume")
             sys.exit(0)
-        # What the resumed run writes, where --out and --log do not say otherwise:
-        # its checkpoint, and the log that the checkpoint names. Checked as a fresh
-        # run's outputs are, so that a folder removed since fails now, not after
-        # an epoch has trained.
-        for name, flag in (("out", "--resume"), ("log", "--log")):
-            if getattr(args, name) is not None and name not in given:
-                try:
-                    cli.output_file(getattr(args, name))
-                except argparse.ArgumentTypeError as error:
-                    parser.error(f"argument {flag}: {error}, where the run in "
-                                 f"{args.resume} writes")
+        unwritable = train_flags.unwritable_stored_output(args, given)
+        if unwritable:
+            parser.error(unwritable)
     conflict = train_flags.conflicting_flags(args)
     if conflict:
         parser.error(conflict)
@@ -231,31 +222,6 @@ def make_scheduler(optimizer, args, steps_per_epoch):
 # The columns of --log's CSV file, in order: the keys of each epoch's metrics.
 METRICS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds",
            "images_per_second", "lr", "momentum"]
-
-
-def what_the_columns_measure(flags):
-    """The two lines above the epoch table (and under the learning curves), for
-    train.py's flags as a dict: the train and val columns are not measured alike,
-    so the train loss can stay well above the val loss without under-fitting."""
-    train = "distorted batches" if flags["augment"] else "the batches"
-    if flags["augment"] and flags.get("clean_epochs"):
-        train += f" (undistorted in the last {flags['clean_epochs']} epochs)"
-    train += ", averaged over the epoch while learning"
-    if flags["dropout"]:
-        train += ", dropout on"
-    smoothing = flags["label_smoothing"]
-    if smoothing:
-        # The smoothed target's own entropy, the lowest loss any model can reach.
-        kept, spread = 1 - smoothing + smoothing / 10, smoothing / 10
-        floor = -(kept * math.log(kept) + 9 * spread * math.log(spread))
-        train += f"; loss label-smoothed by {smoothing:g} (at best {floor:.2f})"
-    if flags["val_size"]:
-        val = (f"{flags['val_size']:,} held-out images as they are, after the epoch"
-               + (", by the weights' moving average" if flags.get("ema") else "")
-               + "; plain cross-entropy")
-    else:
-        val = "none (--val-size 0)"
-    return [f"train: {train}", f"val:   {val}"]
 
 
 def rate_and_momentum(optimizer):
@@ -322,7 +288,7 @@ def main(argv=None):
     print(f"training a {[28 * 28, *args.hidden, 10]} MLP on {len(train_set):,} {args.dataset} "
           f"images ({len(val_set):,} held out for validation) on {args.device}"
           + (f", resuming after epoch {saved_epoch} of {args.epochs}" if resumed else ""))
-    print("\n".join(what_the_columns_measure(vars(args))))
+    print("\n".join(train_flags.what_the_columns_measure(vars(args))))
     print("epoch  train loss  train acc  val loss   val acc     time   images/s        lr"
           "  momentum")
     try:

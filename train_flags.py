@@ -4,6 +4,7 @@ nothing is named), which contradict each other, and what is said before a run.
 """
 
 import argparse
+import math
 
 import cli
 import data
@@ -32,6 +33,20 @@ def conflicting_flags(args):
     if args.clean_epochs > args.epochs:
         return (f"argument --clean-epochs: {args.clean_epochs} is more than "
                 f"--epochs {args.epochs}")
+    return None
+
+
+def unwritable_stored_output(args, given):
+    """For --resume: what the run writes where the command line does not say
+    otherwise (its checkpoint, and the log the checkpoint names), checked as a
+    fresh run's outputs are, so that a folder removed since fails now, not after
+    an epoch has trained. argparse's message for the refusal, or None."""
+    for name, flag in (("out", "--resume"), ("log", "--log")):
+        if getattr(args, name) is not None and name not in given:
+            try:
+                cli.output_file(getattr(args, name))
+            except argparse.ArgumentTypeError as error:
+                return f"argument {flag}: {error}, where the run in {args.resume} writes"
     return None
 
 
@@ -72,3 +87,28 @@ def notes(args, given):
         notes.append(f"{args.device} has no native bfloat16, so --bf16 runs slower than "
                      f"float32 here")
     return notes
+
+
+def what_the_columns_measure(flags):
+    """The two lines above the epoch table (and under the learning curves), for
+    train.py's flags as a dict: the train and val columns are not measured alike,
+    so the train loss can stay well above the val loss without under-fitting."""
+    train = "distorted batches" if flags["augment"] else "the batches"
+    if flags["augment"] and flags.get("clean_epochs"):
+        train += f" (undistorted in the last {flags['clean_epochs']} epochs)"
+    train += ", averaged over the epoch while learning"
+    if flags["dropout"]:
+        train += ", dropout on"
+    smoothing = flags["label_smoothing"]
+    if smoothing:
+        # The smoothed target's own entropy, the lowest loss any model can reach.
+        kept, spread = 1 - smoothing + smoothing / 10, smoothing / 10
+        floor = -(kept * math.log(kept) + 9 * spread * math.log(spread))
+        train += f"; loss label-smoothed by {smoothing:g} (at best {floor:.2f})"
+    if flags["val_size"]:
+        val = (f"{flags['val_size']:,} held-out images as they are, after the epoch"
+               + (", by the weights' moving average" if flags.get("ema") else "")
+               + "; plain cross-entropy")
+    else:
+        val = "none (--val-size 0)"
+    return [f"train: {train}", f"val:   {val}"]
