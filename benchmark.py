@@ -41,6 +41,7 @@ import torch.nn.functional as F
 import cli
 import data
 import train
+import train_flags
 from model import MLP
 
 
@@ -261,7 +262,7 @@ def main(argv=None):
               f"({per_image['ours, no aug.'] / per_image['floor']:.2f}x without augmentation); "
               f"conventional / ours: {per_image['conventional'] / per_image['ours']:.1f}x; "
               f"bf16 / float32: {per_image['ours, bf16'] / per_image['ours']:.2f}x the time")
-    if not cli.has_native_bf16(args.device):
+    if not train_flags.has_native_bf16(args.device):
         print(f"{args.device} has no native bfloat16: the bf16 row is emulated")
     (flushed, left), (unflushed, _) = (adam_on_denormals_in_a_new_process(args.hidden, flush)
                                        for flush in (True, False))

@@ -1,11 +1,7 @@
-"""The command-line vocabulary the scripts share: a parser whose errors are one
-line, flag types that refuse bad values before any work starts, --device,
-output files written all or nothing, and a quiet end when output is piped
-into `head`.
-
-A value that argparse's `type=` function rejects with ArgumentTypeError becomes
-`script: error: argument --lr: must be ...` and exit status 2, so a typo costs
-a second, not a training run.
+"""The scripts' command line: flag types that refuse a bad value in one line
+before any work starts (argparse turns their ArgumentTypeError into `script:
+error: argument --lr: must be ...`, exit status 2), --device, output files
+written all or nothing, and what train.py says about its flags and epochs.
 """
 
 import argparse
@@ -14,6 +10,7 @@ import csv
 import io
 import math
 import os
+import signal
 import sys
 import tempfile
 
@@ -27,97 +24,68 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
-    return value
+def number(kind, allowed, what):
+    """A flag type: the flag's text as an int or a float for which allowed(value)
+    holds, or the error that says `what` it must be."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not allowed(value):
+            hint = ""
+            if "," in text:  # --hidden 256,128
+                hint = f" (several are separated by spaces: {text.replace(',', ' ')})"
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}{hint}")
+        return value
+    return parse
 
 
-def nonnegative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
-    return value
-
-
-def seed(text):
-    """torch would wrap a negative seed around without a word, and fail with an
-    overflow on one of 2**64 or more; this keeps to a signed 64-bit integer."""
-    value = int(text)
-    if not 0 <= value < 2 ** 63:
-        raise argparse.ArgumentTypeError(f"must be in [0, 2**63), got {text}")
-    return value
-
-
-def positive_float(text):
-    value = float(text)
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text}")
-    return value
-
-
-def nonnegative_float(text):
-    value = float(text)
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {text}")
-    return value
-
-
-def fraction(text):
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return value
+positive_int = number(int, lambda value: value >= 1, "a whole number, 1 or more")
+nonnegative_int = number(int, lambda value: value >= 0, "a whole number, 0 or more")
+# torch wraps a negative seed around without a word, and overflows at 2**64.
+seed = number(int, lambda value: 0 <= value < 2 ** 63, "a whole number in [0, 2**63)")
+positive_float = number(float, lambda value: math.isfinite(value) and value > 0,
+                        "a finite number above 0")
+nonnegative_float = number(float, lambda value: math.isfinite(value) and value >= 0,
+                           "a finite number, 0 or more")
+fraction = number(float, lambda value: 0 <= value < 1, "a number in [0, 1)")
 
 
 def device(name):
-    """--device: 'auto' picks a GPU when there is one; a named device must exist."""
+    """--device: 'auto' takes the machine's accelerator (an NVIDIA or AMD GPU,
+    Apple's MPS, ...) when torch finds one, else the CPU; a named one must exist."""
+    accelerator = torch.accelerator.current_accelerator(check_available=True)
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        return accelerator or torch.device("cpu")
     try:
         chosen = torch.device(name)
     except RuntimeError:
-        chosen = None
-    if chosen is None or chosen.type not in ("cpu", "cuda", "mps"):
         raise argparse.ArgumentTypeError(
-            f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)")
-    if chosen.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError("CUDA is not available on this machine (try --device cpu)")
-    if chosen.type == "cuda" and (chosen.index or 0) >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(
-            f"there is no {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if chosen.type == "mps" and not torch.backends.mps.is_available():
-        raise argparse.ArgumentTypeError("MPS is not available on this machine (try --device cpu)")
+            f"unknown device '{name}' (use auto, cpu, cuda, cuda:N or mps)") from None
+    if chosen.type != "cpu" and (accelerator is None or accelerator.type != chosen.type
+                                 or (chosen.index or 0) >= torch.accelerator.device_count()):
+        raise argparse.ArgumentTypeError(f"there is no {name} on this machine (try --device "
+                                         f"auto, which takes the CPU where there is no GPU)")
     return chosen
 
 
-def has_native_bf16(device):
-    """Whether `device` computes in bfloat16 natively: NVIDIA GPUs since Ampere,
-    CPUs with AVX-512 BF16 or AMX. Elsewhere bfloat16 works, emulated, slower
-    than float32. (torch's check of the CPU is private, hence getattr.)"""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    if device.type == "cpu":
-        return any(getattr(torch.cpu, check, lambda: False)()
-                   for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return True
+def add_device_and_data_flags(group):
+    group.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda, cuda:N, "
+                       "mps, ... (auto: the machine's GPU if torch finds one, else the CPU)")
+    group.add_argument("--data-dir", default="./data", help="the folder with MNIST/raw/ (or "
+                       "FashionMNIST/raw/), downloaded there if missing")
 
 
 def output_file(path):
-    """An output file flag: its folder must exist and take a new file now, so that
-    a typo is found before training, not after it."""
+    """An output file: its folder must take a new file now, so that a typo is
+    found before training, not after it."""
     folder = os.path.dirname(path) or "."
     if os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"{path} is a directory, not a file name")
-    if not os.path.exists(folder):
-        raise argparse.ArgumentTypeError(f"folder {folder} does not exist")
     if not os.path.isdir(folder):
-        raise argparse.ArgumentTypeError(f"{folder} is not a folder")
+        raise argparse.ArgumentTypeError(f"{folder} is not a folder" if os.path.exists(folder)
+                                         else f"folder {folder} does not exist")
     try:
         tempfile.TemporaryFile(dir=folder).close()
     except OSError as error:
@@ -126,23 +94,10 @@ def output_file(path):
 
 
 def png_file(path):
-    """An output picture: a PNG, whose name should say so."""
     if not path.lower().endswith(".png"):
         raise argparse.ArgumentTypeError(f"{path}: the picture is a PNG; give a file name "
                                          f"ending in .png")
     return output_file(path)
-
-
-def output_folder(path):
-    """An output folder flag: made, with any missing parents, if it does not exist."""
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise argparse.ArgumentTypeError(f"{path} is a file, not a folder")
-    try:
-        os.makedirs(path, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()
-    except OSError as error:
-        raise argparse.ArgumentTypeError(f"cannot write into {path}: {error.strerror}") from None
-    return path
 
 
 def as_flag(name, value):
@@ -153,12 +108,62 @@ def as_flag(name, value):
     return f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
 
 
+def parse_and_tell_given(parser, argv):
+    """The flags of the command line `argv`, and those it gives, {name: value}."""
+    args = parser.parse_args(argv)
+    # Parsed again into a namespace that has every flag already: argparse fills
+    # in no default, so what is not None was given.
+    given = parser.parse_args(argv, argparse.Namespace(**dict.fromkeys(vars(args))))
+    return args, {name: value for name, value in vars(given).items() if value is not None}
+
+
+def what_the_columns_measure(flags):
+    """The two lines above the epoch table (and under the learning curves), for
+    train.py's flags as a dict: train and val are not measured alike, so the
+    train loss can stay above the val loss without under-fitting."""
+    train = "distorted batches" if flags["augment"] else "the batches"
+    if flags["augment"] and flags["clean_epochs"]:
+        train += f" (undistorted in the last {flags['clean_epochs']} epochs)"
+    train += ", averaged over the epoch while learning"
+    if flags["dropout"]:
+        train += ", dropout on"
+    smoothing = flags["label_smoothing"]
+    if smoothing:
+        # The smoothed target's own entropy, the lowest loss any model can reach.
+        kept, spread = 1 - smoothing + smoothing / 10, smoothing / 10
+        floor = -(kept * math.log(kept) + 9 * spread * math.log(spread))
+        train += f"; loss label-smoothed by {smoothing:g} (at best {floor:.2f})"
+    val = "none (--val-size 0)"
+    if flags["val_size"]:
+        val = (f"{flags['val_size']:,} held-out images as they are, after the epoch"
+               + (", by the weights' moving average" if flags["ema"] else "")
+               + "; plain cross-entropy")
+    return [f"train: {train}", f"val:   {val}"]
+
+
+TABLE_HEADER = ("epoch  train loss  train acc  val loss   val acc     time   images/s"
+                "        lr  momentum")
+
+
+def print_epoch(row):
+    def show(name, form):  # the validation figures are None without a validation set
+        return "-" if row[name] is None else format(row[name], form)
+
+    print(f"{row['epoch']:5d}  {show('train_loss', '.4f'):>10}  "
+          f"{show('train_accuracy', '.2%'):>9}  {show('val_loss', '.4f'):>8}  "
+          f"{show('val_accuracy', '.2%'):>8}  {row['seconds']:6.1f}s  "
+          f"{row['images_per_second']:9,.0f}  {row['lr']:8.2e}  {row['momentum']:8.3f}",
+          flush=True)
+
+
+# ----------------------------------------------------------------------------
+# Output files, Ctrl-C and SIGTERM
+
 @contextlib.contextmanager
 def replacing(path):
-    """Open a temporary file in `path`'s folder for writing (binary) and, once
-    the block has written it without an error, rename it over `path`. A crash,
-    Ctrl-C or full disk midway leaves the previous file at `path` intact and no
-    temporary file behind. Checkpoints, reports and pictures are written this way."""
+    """A temporary file in `path`'s folder to write (binary), renamed over `path`
+    once the block has written it without an error: a crash, Ctrl-C or full disk
+    midway leaves the previous file whole and no temporary file behind."""
     temporary = f"{path}.{os.getpid()}.tmp"
     try:
         with open(temporary, "wb") as f:
@@ -172,9 +177,8 @@ def replacing(path):
 
 
 def write_file(path, write):
-    """Call write(file) to fill the output file `path`, all of it or nothing:
-    through a temporary file, so that a full disk or Ctrl-C never leaves half a
-    report or picture. One line on stderr and exit status 1 if the disk refuses."""
+    """Fill the output file `path` by write(file), all of it or nothing; one line
+    on stderr and exit status 1 if the disk refuses."""
     try:
         with replacing(path) as f:
             write(f)
@@ -183,25 +187,30 @@ def write_file(path, write):
                          f"file there is unchanged") from None
 
 
-def write_csv(path, rows, fieldnames):
-    """Write the dicts `rows` to `path` as a CSV table, all or nothing (write_file)."""
+def write_csv(path, rows):
+    """The dicts `rows` as a CSV table, the whole file anew: a kill never leaves
+    half a line."""
     text = io.StringIO()
-    table = csv.DictWriter(text, fieldnames=fieldnames)
+    table = csv.DictWriter(text, fieldnames=list(rows[0]))
     table.writeheader()
     table.writerows(rows)
     write_file(path, lambda f: f.write(text.getvalue().encode()))
 
 
-def add_device_and_data_flags(parser):
-    parser.add_argument("--device", type=device, default="auto",
-                        help="auto, cpu, cuda, cuda:N or mps (auto: a GPU if there is one)")
-    parser.add_argument("--data-dir", default="./data",
-                        help="the data root: MNIST/raw/ (or FashionMNIST/raw/) is looked for "
-                             "there, and downloaded there if missing")
+@contextlib.contextmanager
+def sigterm_as_ctrl_c():
+    """Inside this block SIGTERM (`kill`, a cluster's time limit) ends the run as
+    Ctrl-C does, with KeyboardInterrupt; afterwards the caller's own handler is
+    back (a notebook or a test that calls train.main keeps its own)."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run(main):
-    """Run a script's main(). Output piped into a reader that stops early
+    """Run a script's main(): output piped into a reader that stops early
     (`python evaluate.py model.pt | head -2`) ends quietly, as Unix tools do, and
     Ctrl-C before a script has anything to save ends in one line."""
     try:

@@ -37,7 +37,8 @@ import data
 import draw
 import predict
 import train  # sets torch's denormal flushing before this process computes anything
-from checkpoint import load_checkpoint, save_checkpoint
+from checkpoint import save_checkpoint
+from load import load_checkpoint
 from model import MLP
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -197,7 +198,7 @@ def split(root, val_size, seed=0):
 def mnist_test_set(root):
     """The test set, normalized as train.py's training set (all 600 images) is."""
     _, _, normalization = data.train_val_sets(root, "mnist", 0, 0, CPU)
-    return data.test_set(root, "mnist", CPU, normalization)
+    return data.as_dataset(*data.load_split(root, "mnist", "test"), CPU, normalization)
 
 
 @pytest.fixture(scope="session")

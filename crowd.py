@@ -26,7 +26,7 @@ import time
 from PIL import Image, ImageDraw
 
 import cli
-from checkpoint import CheckpointError, load_checkpoint
+from load import CheckpointError, load_checkpoint
 
 CANVAS = 400  # the page's canvas, in pixels
 PEN_WIDTH = 18  # the page's pen, in the canvas's pixels

@@ -8,7 +8,6 @@ converted once into one normalized float32 tensor on the training device, and a
 batch is a single `index_select` on it.
 """
 
-import contextlib
 import math
 import os
 
@@ -17,11 +16,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Sampler
 
 IMAGE_SIZE = 28
-# Both data sets come in the same four files, each in torchvision's layout
-# <root>/<folder>/raw/, where <folder> is the name of torchvision's class for it.
-# "pixels": the mean and standard deviation of the training images' pixels in
-# [0, 1] (the test images' differ by less than 0.003), by which files of one data
-# set put in the other's folder are recognized.
+NUM_CLASSES = 10
+# Both data sets come as four files in torchvision's layout, <root>/<folder>/raw/.
+# "pixels": the mean and standard deviation of their training pixels in [0, 1],
+# by which the files of one put in the other's folder are recognized.
 DATASETS = {
     "mnist": {"folder": "MNIST", "classes": [str(digit) for digit in range(10)],
               "pixels": {"mean": 0.1307, "std": 0.3081}},
@@ -30,11 +28,8 @@ DATASETS = {
                                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
                       "pixels": {"mean": 0.2860, "std": 0.3530}},
 }
-NUM_CLASSES = 10
-FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
+FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+         "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 
 
 class DataError(Exception):
@@ -45,23 +40,19 @@ class DataError(Exception):
 # Reading the files
 
 def raw_folder(root, dataset="mnist"):
-    """torchvision's layout: <root>/MNIST/raw/<the four files>, or FashionMNIST."""
     return os.path.join(root, DATASETS[dataset]["folder"], "raw")
 
 
 def read_idx(path, ndim):
-    """Read an IDX file: a big-endian header (magic number, then one 32-bit size
-    per dimension) followed by uint8 values. Returns a uint8 tensor.
-
-    torchvision can read these files too, but a damaged one stops it with a bare
-    assertion; read here, every problem is named in one line the user can act on."""
-    header_size = 4 + 4 * ndim
+    """An IDX file as a uint8 tensor: a big-endian header (magic number, one
+    32-bit size per dimension), then the values. Read here, not by torchvision,
+    so that every problem with a file is named in one line the user can act on."""
     try:
         with open(path, "rb") as f:
-            raw = bytearray(os.fstat(f.fileno()).st_size)
-            f.readinto(raw)
+            raw = bytearray(f.read())
     except OSError as error:
         raise DataError(f"{path}: cannot be read ({error.strerror})") from None
+    header_size = 4 + 4 * ndim
     if len(raw) < header_size:
         raise DataError(f"{path}: truncated, {len(raw)} bytes is not even a header")
     magic = int.from_bytes(raw[0:4], "big")
@@ -69,56 +60,22 @@ def read_idx(path, ndim):
         raise DataError(f"{path}: wrong magic number {magic:#010x}, expected "
                         f"{0x800 + ndim:#010x}; this is not an MNIST file of this kind")
     shape = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    expected = header_size + math.prod(shape)
-    if len(raw) != expected:
-        raise DataError(f"{path}: {len(raw):,} bytes, expected {expected:,} for shape "
-                        f"{shape}; the file is truncated or corrupt")
+    if len(raw) != header_size + math.prod(shape):
+        raise DataError(f"{path}: {len(raw):,} bytes, expected {header_size + math.prod(shape):,}"
+                        f" for shape {shape}; the file is truncated or corrupt")
     return torch.frombuffer(raw, dtype=torch.uint8, offset=header_size).view(shape)
 
 
-def download(root, dataset):
-    """Let torchvision's own class for the data set (MNIST or FashionMNIST) fetch
-    the four files into <root>/<folder>/raw. If that fails, what it made is
-    removed again: a mistyped --data-dir leaves no empty folders behind."""
-    # Imported here, not at the top: importing torchvision took 2.5-3.6 s and 164 MB
-    # here (a shared 2-core Zen 3), which every run would pay for files fetched once.
-    import torchvision.datasets
-
-    folder = DATASETS[dataset]["folder"]
-    raw = os.path.abspath(raw_folder(root, dataset))
-    new_folders = []  # those torchvision will make, deepest first
-    path = raw
-    while not os.path.exists(path):
-        new_folders.append(path)
-        path = os.path.dirname(path)
-    files_before = set(os.listdir(raw)) if os.path.isdir(raw) else set()
-    try:
-        for train in (True, False):
-            getattr(torchvision.datasets, folder)(root, train=train, download=True)
-    except Exception as error:  # no network, a mirror down, a read-only folder, ...
-        for name in (set(os.listdir(raw)) if os.path.isdir(raw) else set()) - files_before:
-            with contextlib.suppress(OSError):  # a half-downloaded archive
-                os.remove(os.path.join(raw, name))
-        for path in new_folders:
-            with contextlib.suppress(OSError):  # rmdir: only if nothing else is in it
-                os.rmdir(path)
-        names = ", ".join(name for pair in FILES.values() for name in pair)
-        reason = str(error).splitlines()[0].rstrip(":")
-        raise DataError(
-            f"{folder} is not in {raw_folder(root, dataset)} and downloading it failed "
-            f"({reason}). Put the four uncompressed files there by hand ({names}; gunzip "
-            f"the .gz files from any {dataset} mirror), or pass --data-dir to a folder "
-            f"that has {folder}/raw/ with them") from None
-
-
 def load_split(root, dataset, split):
-    """The images (uint8, N x 28 x 28) and labels (uint8, N) of 'train' or 'test'."""
+    """The images (uint8, N x 28 x 28) and labels (uint8, N) of 'train' or 'test',
+    downloaded first if they are not there."""
     image_file, label_file = (os.path.join(raw_folder(root, dataset), name)
                               for name in FILES[split])
     if not (os.path.isfile(image_file) and os.path.isfile(label_file)):
-        download(root, dataset)
-    images = read_idx(image_file, ndim=3)
-    labels = read_idx(label_file, ndim=1)
+        import download  # only here: a first run's
+
+        download.download(root, dataset)
+    images, labels = read_idx(image_file, ndim=3), read_idx(label_file, ndim=1)
     if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise DataError(f"{image_file}: images are {images.shape[1]}x{images.shape[2]}, "
                         f"expected {IMAGE_SIZE}x{IMAGE_SIZE}")
@@ -127,28 +84,20 @@ def load_split(root, dataset, split):
                         f"{len(labels)} labels")
     if len(labels) and labels.max() >= NUM_CLASSES:
         raise DataError(f"{label_file}: label {int(labels.max())} is not a class 0-9")
-    check_not_the_other_data_set(image_file, images, dataset)
+    # The other data set's files fit too, and would train silently to a useless model.
+    pixels = pixel_statistics(images)
+    for other, details in DATASETS.items():
+        if other != dataset and all(abs(pixels[key] - details["pixels"][key]) < 0.01
+                                    for key in pixels):
+            raise DataError(f"{image_file} holds {other}'s images, not {dataset}'s (pixel "
+                            f"mean {pixels['mean']:.3f} and std {pixels['std']:.3f}, as "
+                            f"{other}'s); put {dataset}'s files there, or use --dataset {other}")
     return images, labels
 
 
-def check_not_the_other_data_set(image_file, images, dataset):
-    """Refuse the files of one data set in the other's folder, whose labels fit
-    too and would train silently to a useless model: recognized by the mean and
-    standard deviation of their pixels."""
-    pixels = pixel_statistics(images)
-    for other, details in DATASETS.items():
-        known = details["pixels"]
-        if other != dataset and all(abs(pixels[key] - known[key]) < 0.01 for key in known):
-            raise DataError(f"{image_file} holds {other}'s images, not {dataset}'s (pixel mean "
-                            f"{pixels['mean']:.3f} and std {pixels['std']:.3f}, as {other}'s); "
-                            f"put {dataset}'s files there, or use --dataset {other}")
-
-
 def pixel_statistics(images):
-    """The mean and standard deviation of the pixels in [0, 1], as the checkpoint
-    stores them: {"mean": 0.1307, "std": 0.3081} for MNIST's training images.
-
-    Counted from how often each of the 256 grey levels occurs: exact, and without
+    """The mean and standard deviation of the pixels in [0, 1], {"mean", "std"},
+    counted from how often each of the 256 grey levels occurs: exact, and without
     a floating-point copy of 40 million pixels (a third of a gigabyte)."""
     counts = torch.bincount(images.flatten(), minlength=256).double()
     levels = torch.arange(256, dtype=torch.float64) / 255
@@ -159,8 +108,7 @@ def pixel_statistics(images):
 
 def normalize(images, normalization):
     """uint8 pixels (N x 28 x 28) -> float32 (N x 1 x 28 x 28) with zero mean and
-    unit variance over the training set, which keeps the first layer's inputs well
-    scaled for the optimizer."""
+    unit variance over the training set: the first layer's inputs well scaled."""
     mean, std = normalization["mean"], normalization["std"]
     return images.unsqueeze(1).float().div_(255).sub_(mean).div_(std)
 
@@ -175,31 +123,20 @@ DISTORTION_DEFAULTS = {"rotation": 5.0, "scale": 0.05, "shear": 0.0, "shift": 1.
 
 
 class RandomDistortion:
-    """Data augmentation for a batch of normalized training images: each image
-    gets its own random rotation, scaling, horizontal shear and shift and, if
-    elastic_alpha > 0, an elastic distortion (Simard et al., 2003). The whole
-    batch is warped at once, on its own device, by one grid_sample: no
-    per-image Python work.
+    """Data augmentation of a batch of normalized images, each its own random
+    rotation, scaling, horizontal shear and shift (train.py's flags say in what
+    units) and, if elastic_alpha > 0, an elastic distortion (Simard et al.,
+    2003): random displacements, uniform in [-1, 1] pixels, smoothed by a
+    Gaussian elastic_sigma pixels wide, scaled by elastic_alpha. The whole batch
+    is warped at once, on `device`, by one grid_sample."""
 
-    background: the value of a black pixel after normalization, -mean / std;
-    rotation: degrees, up to +-; scale: fraction, up to +-; shift: pixels, up to
-    +-; elastic_alpha: the strength of the elastic distortion, which scales a
-    field of random displacements, uniform in [-1, 1] pixels, after smoothing
-    it with a normalized Gaussian (Simard's alpha: 34 with sigma 5 moves a
-    pixel by 1.2 pixels on average); elastic_sigma: the Gaussian's width in
-    pixels, how smooth the field is; shear: degrees that vertical strokes lean,
-    up to +-."""
-
-    def __init__(self, generator, background, rotation=DISTORTION_DEFAULTS["rotation"],
-                 scale=DISTORTION_DEFAULTS["scale"], shift=DISTORTION_DEFAULTS["shift"],
-                 elastic_alpha=DISTORTION_DEFAULTS["elastic_alpha"],
-                 elastic_sigma=DISTORTION_DEFAULTS["elastic_sigma"],
-                 shear=DISTORTION_DEFAULTS["shear"]):
-        self.generator = generator  # on the images' device, seeded: reproducible
-        self.background = background
-        self.rotation, self.scale, self.shift, self.shear = rotation, scale, shift, shear
+    def __init__(self, seed, device, normalization, rotation, scale, shear, shift,
+                 elastic_alpha, elastic_sigma):
+        # Its own generator, on the images' device: the same seed, the same distortions.
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.background = -normalization["mean"] / normalization["std"]  # a black pixel
+        self.rotation, self.scale, self.shear, self.shift = rotation, scale, shear, shift
         self.elastic_alpha = elastic_alpha
-        device = generator.device
         # Every pixel centre as (x, y, 1), in grid_sample's units (-1 and 1 are
         # the edges of the image), row by row: [784, 3].
         centres = (torch.arange(IMAGE_SIZE, device=device) * 2 + 1) / IMAGE_SIZE - 1
@@ -247,8 +184,8 @@ class RandomDistortion:
         return F.grid_sample(shifted, grid, align_corners=False) + self.background
 
     def elastic_field(self, batch):
-        """Random displacements of every pixel, smoothed with a Gaussian so that
-        neighbouring pixels move together: x and y planes, [batch, 2, 28, 28]."""
+        """Random displacements of every pixel, smoothed so that neighbouring pixels
+        move together: x and y planes, [batch, 2, 28, 28]."""
         field = self.uniform(1.0, batch, 2, IMAGE_SIZE, IMAGE_SIZE)
         field = field @ self.smoothing  # along each row (the matrix is symmetric) ...
         field = (field.transpose(2, 3) @ self.smoothing).transpose(2, 3)  # ... and column
@@ -262,13 +199,11 @@ class MNISTTensors(torch.utils.data.Dataset):
     """Images [N, 1, 28, 28] and labels [N] held as tensors on one device, each
     batch optionally transformed (for example augmented) on the fly.
 
-    `__getitem__` answers two ways. Given a tensor of indices it returns the
-    whole batch at once: the fast path, with a sampler that yields one tensor
-    of indices per batch (BatchIndices, below) and a DataLoader told not to
-    batch again (batch_size=None); make_loader puts the three together. Given
-    one integer it returns one image and its label, so that torch's stock
-    DataLoader(dataset, batch_size=64, shuffle=True) works too, one image at a
-    time and several times slower."""
+    Given a tensor of indices, `__getitem__` returns the whole batch at once:
+    the fast path, with a sampler that yields one tensor of indices per batch
+    (BatchIndices) and a DataLoader told not to batch again (batch_size=None),
+    as make_loader builds it. Given one integer, it returns one image and its
+    label: torch's stock DataLoader(dataset, batch_size=64) works too, slower."""
 
     def __init__(self, images, labels, transform=None):
         self.images = images
@@ -289,22 +224,12 @@ class MNISTTensors(torch.utils.data.Dataset):
             images = self.transform(images)
         return images, self.labels.index_select(0, index)
 
-    def __getitems__(self, indices):
-        """What a DataLoader that batches for itself asks for: a list of samples.
-        Handed whole batches here, it would stack them into a batch of batches."""
-        if any(isinstance(index, torch.Tensor) and index.dim() == 1 for index in indices):
-            raise ValueError("this DataLoader would put whole batches into a batch: with "
-                             "sampler=BatchIndices(...) give it batch_size=None too, or "
-                             "use data.make_loader")
-        return [self[index] for index in indices]
-
 
 class BatchIndices(Sampler):
-    """A batch sampler: yields one tensor of indices per batch, on the data's
-    device. With shuffle, a new order every epoch, drawn from `generator` (torch's
-    global generator without one); without, 0, 1, 2, ... (evaluation). torch's
-    own BatchSampler would yield Python lists built one index at a time, copied
-    to the device at every step."""
+    """A batch sampler: one tensor of indices per batch, on the data's device,
+    in a new order every epoch with shuffle (drawn from `generator`), else in
+    order. torch's BatchSampler yields Python lists, built one index at a time
+    and copied to the device at every step."""
 
     def __init__(self, size, batch_size, device, shuffle, generator=None):
         self.size = size
@@ -332,10 +257,9 @@ def make_loader(dataset, batch_size, shuffle, generator=None):
 
 
 def train_val_sets(root, dataset, val_size, seed, device):
-    """The 60,000 training images split by `seed` into a training set and a
-    validation set of `val_size` images, both normalized by the mean and standard
-    deviation of the training set's pixels. Returns the two sets and that
-    normalization, {"mean": .., "std": ..}, which test images must get too."""
+    """The 60,000 training images split by `seed` into a training set and
+    `val_size` validation images, both normalized by the training set's pixel
+    mean and standard deviation; and that normalization, which test images get too."""
     images, labels = load_split(root, dataset, "train")
     if val_size >= len(labels):
         raise DataError(f"--val-size {val_size} leaves no training images: the "
@@ -345,11 +269,6 @@ def train_val_sets(root, dataset, val_size, seed, device):
     normalization = pixel_statistics(images[train])
     return (as_dataset(images[train], labels[train], device, normalization),
             as_dataset(images[val], labels[val], device, normalization), normalization)
-
-
-def test_set(root, dataset, device, normalization):
-    """The 10,000 test images, normalized as the model's training images were."""
-    return as_dataset(*load_split(root, dataset, "test"), device, normalization)
 
 
 def as_dataset(images, labels, device, normalization):

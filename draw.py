@@ -30,7 +30,7 @@ from PIL import Image, UnidentifiedImageError
 
 import cli
 import predict
-from checkpoint import CheckpointError, load_checkpoint
+from load import CheckpointError, load_checkpoint
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "draw.html")
 # A 400 x 400 canvas is a PNG of about 14 KB (Chromium's; EXPERIMENTS.md): a
@@ -51,7 +51,9 @@ def port(text):
 
 
 def parse_args(argv=None):
-    parser = cli.ArgumentParser(description="Draw digits in your browser for a trained model.")
+    parser = cli.ArgumentParser(description="Draw digits in your browser for a trained model. "
+                                "The model answers on the CPU: a drawing is one small image, "
+                                "answered there sooner than a GPU would take it.")
     parser.add_argument("checkpoint", help="a model file written by train.py, e.g. model.pt")
     parser.add_argument("--port", type=port, default=8000,
                         help="the port to serve on (default 8000; 0 picks a free one)")

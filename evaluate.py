@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import cli
 import data
-from checkpoint import CheckpointError, load_checkpoint
+from load import CheckpointError, load_checkpoint
 from model import logits_and_labels
 
 
@@ -67,8 +67,9 @@ def main(argv=None):
             raise CheckpointError(f"{args.checkpoint}: unknown data set "
                                   f"{checkpoint['dataset']!r}")
         normalization = checkpoint["normalization"]
-        test_set = data.test_set(args.data_dir, checkpoint["dataset"], args.device,
-                                 normalization)
+        # The 10,000 test images, normalized as the model's training images were.
+        test_set = data.as_dataset(*data.load_split(args.data_dir, checkpoint["dataset"], "test"),
+                                   args.device, normalization)
     except (CheckpointError, data.DataError) as error:
         sys.exit(f"error: {error}")
     classes = checkpoint["classes"]

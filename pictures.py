@@ -27,8 +27,7 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 import cli
-import train_flags
-from checkpoint import CheckpointError, load_checkpoint
+from load import CheckpointError, load_checkpoint
 
 
 def save(figure, path):
@@ -239,7 +238,7 @@ def main(argv=None):
         print(f"wrote {args.against_time} ({len(loaded)} run{'s' * (len(loaded) > 1)})")
         return
     model, checkpoint = loaded[args.checkpoints[0]]
-    caption = train_flags.what_the_columns_measure(checkpoint["train_args"])
+    caption = cli.what_the_columns_measure(checkpoint["train_args"])
     save(learning_curves(checkpoint["metrics"], caption), args.curves)
     print(f"wrote {args.curves} ({len(checkpoint['metrics'])} epochs)")
     weight = model.hidden_layers[0].weight  # [units, 784]

@@ -13,9 +13,11 @@ prepared differently, the item filling the frame, so for a model trained on
 them this preparation is only a rough fit.)
 """
 
+import argparse
 import io
 import os
 import sys
+import tempfile
 import warnings
 
 import torch
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 import cli
-from checkpoint import CheckpointError, load_checkpoint
+from load import CheckpointError, load_checkpoint
 
 # 100 megapixels (say 11,500 x 8,700) is more than a phone photo; anything larger
 # is not a photo of a digit, and decoding it could take gigabytes. (PIL itself
@@ -48,13 +50,26 @@ class NoInk(ImageError):
     """An image with nothing written or drawn on it."""
 
 
+def output_folder(path):
+    """--show's folder: made, with any missing parents, if it does not exist."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"{path} is a file, not a folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot write into {path}: {error.strerror}") from None
+    return path
+
+
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description="Classify your own images of digits (PNG or JPEG).")
     parser.add_argument("checkpoint", help="a model file written by train.py, e.g. model.pt")
     parser.add_argument("images", nargs="+", help="PNG or JPEG files, any size")
     parser.add_argument("--device", type=cli.device, default="cpu",
-                        help="cpu (fast enough for a few images), cuda, cuda:N or mps")
-    parser.add_argument("--show", metavar="FOLDER", type=cli.output_folder,
+                        help="cpu (the default, not auto: a few images are answered there "
+                             "before a GPU would have started), auto, cuda, cuda:N, mps, ...")
+    parser.add_argument("--show", metavar="FOLDER", type=output_folder,
                         help="save, for each image, the image beside the 28 x 28 the model "
                              "saw, as FOLDER/<name>.png")
     return parser.parse_args(argv)

@@ -198,7 +198,7 @@ import evaluate
 import predict
 import train_flags
 from averaging import MovingAverage
-from checkpoint import CHECKPOINT_FIELDS, load_checkpoint, save_checkpoint
+from checkpoint import CHECKPOINT_FIELDS, save_checkpoint
 from cli import replacing
 from conftest import (
     CPU,
@@ -219,6 +219,7 @@ from conftest import (
     threads_of_a_training_process,
     write_idx,
 )
+from load import load_checkpoint
 from model import logits_and_labels
 
 # ----------------------------------------------------------------------------
@@ -264,14 +265,6 @@ def test_the_dataset_answers_one_index_or_a_batch_of_indices(mnist):
     images, labels = next(iter(torch.utils.data.DataLoader(train_set, batch_sampler=sampler)))
     assert torch.equal(images, train_set.images[:64])
     assert torch.equal(labels, train_set.labels[:64])
-
-
-def test_a_dataloader_that_would_batch_whole_batches_is_refused_at_the_first(mnist):
-    train_set, _ = split(mnist, 100)
-    sampler = data.BatchIndices(len(train_set), 64, CPU, shuffle=True)
-    loader = torch.utils.data.DataLoader(train_set, sampler=sampler)  # no batch_size=None
-    with pytest.raises(ValueError, match=r"sampler=BatchIndices\(...\) give it batch_size=None"):
-        next(iter(loader))
 
 
 def test_shuffling_changes_each_epoch_and_evaluation_is_in_order(mnist):
@@ -327,7 +320,7 @@ def test_train_prints_one_line_per_epoch_and_saves(capsys, mnist, tmp_path):
                           "--val-size", 100, "--device", "cpu", "--out", out, "--log", log)
     assert code == 0
     lines = stdout.splitlines()
-    assert lines[1:3] == train_flags.what_the_columns_measure(vars(train.parse_args(
+    assert lines[1:3] == cli.what_the_columns_measure(vars(train.parse_args(
         ["--data-dir", str(mnist), "--epochs", "3", "--hidden", "32", "--val-size", "100"])[0]))
     assert lines[3].split() == ["epoch", "train", "loss", "train", "acc", "val", "loss", "val",
                                 "acc", "time", "images/s", "lr", "momentum"]
@@ -335,7 +328,7 @@ def test_train_prints_one_line_per_epoch_and_saves(capsys, mnist, tmp_path):
     assert [line[0] for line in epoch_lines] == ["1", "2", "3"]
     assert f"saved {out}" in stdout
     rows = list(csv.DictReader(log.open()))
-    assert list(rows[0]) == train.METRICS == [
+    assert list(rows[0]) == [
         "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds",
         "images_per_second", "lr", "momentum"]
     assert len(rows) == 3
@@ -350,7 +343,7 @@ def test_train_prints_one_line_per_epoch_and_saves(capsys, mnist, tmp_path):
 
 def test_the_lines_above_the_epoch_table_say_how_train_and_val_are_measured():
     default = vars(train.parse_args([])[0])
-    assert train_flags.what_the_columns_measure(default) == [
+    assert cli.what_the_columns_measure(default) == [
         "train: distorted batches, averaged over the epoch while learning; "
         "loss label-smoothed by 0.1 (at best 0.50)",
         "val:   5,000 held-out images as they are, after the epoch; plain cross-entropy"]
@@ -359,14 +352,14 @@ def test_the_lines_above_the_epoch_table_say_how_train_and_val_are_measured():
         target = torch.full((1, 10), smoothing / 10)
         target[0, 3] += 1 - smoothing
         lowest = F.cross_entropy(target.log(), torch.tensor([3]), label_smoothing=smoothing)
-        line = train_flags.what_the_columns_measure({**default, "label_smoothing": smoothing})[0]
+        line = cli.what_the_columns_measure({**default, "label_smoothing": smoothing})[0]
         assert line.endswith(f"(at best {lowest:.2f})")
-    other = train_flags.what_the_columns_measure({**default, "augment": False, "label_smoothing": 0,
+    other = cli.what_the_columns_measure({**default, "augment": False, "label_smoothing": 0,
                                             "dropout": 0.2, "ema": 0.999})
     assert other == ["train: the batches, averaged over the epoch while learning, dropout on",
                      "val:   5,000 held-out images as they are, after the epoch, by the "
                      "weights' moving average; plain cross-entropy"]
-    clean = train_flags.what_the_columns_measure({**default, "clean_epochs": 2, "val_size": 0})
+    clean = cli.what_the_columns_measure({**default, "clean_epochs": 2, "val_size": 0})
     assert clean == ["train: distorted batches (undistorted in the last 2 epochs), averaged "
                      "over the epoch while learning; loss label-smoothed by 0.1 (at best 0.50)",
                      "val:   none (--val-size 0)"]
@@ -428,7 +421,7 @@ def test_a_bf16_run_reduces_the_loss_saves_float32_weights_and_repeats(capsys, m
     assert bf16["train_args"]["bf16"] is True
     losses = [row["train_loss"] for row in bf16["metrics"]]
     assert losses[1] < losses[0] and bf16["metrics"][-1]["val_loss"] < 2.0  # untrained: 2.3
-    assert ("no native bfloat16" in stdout) == (not cli.has_native_bf16(CPU))
+    assert ("no native bfloat16" in stdout) == (not train_flags.has_native_bf16(CPU))
     _, again = train_run("again.pt", "--bf16")
     assert all(torch.equal(again["state_dict"][name], tensor)
                for name, tensor in bf16["state_dict"].items())
@@ -529,8 +522,8 @@ ACTING = [
 NOT_TRAINING = {"--show-augmentation": "test_show_augmentation_draws_each_class_and_trains_nothing"}
 # (the flag that cannot act, the rest of the run, the reason the note gives)
 IDLE = [
-    (["--momentum", "0.5"], [], "it is sgd's"),
-    (["--momentum", "0.5"], ["--optimizer", "adamw"], "it is sgd's"),
+    (["--momentum", "0.5"], [], "it acts with --optimizer sgd only"),
+    (["--momentum", "0.5"], ["--optimizer", "adamw"], "it acts with --optimizer sgd only"),
     *[(["--gamma", "0.5"], ["--scheduler", scheduler], "--scheduler step")
       for scheduler in ("none", "cosine", "onecycle")],
     *[([flag, value], ["--no-augment"], "--no-augment distorts nothing")
@@ -601,7 +594,7 @@ def test_with_show_augmentation_every_training_flag_is_named(pictures, capsys, m
 
 
 def test_bf16_without_native_support_is_named_once_and_only_when_it_trains(monkeypatch):
-    monkeypatch.setattr(cli, "has_native_bf16", lambda device: False)
+    monkeypatch.setattr(train_flags, "has_native_bf16", lambda device: False)
     parser = train.make_parser()
     for argv, expected in [
             (["--bf16"], ["cpu has no native bfloat16, so --bf16 runs slower than float32 "
@@ -609,7 +602,7 @@ def test_bf16_without_native_support_is_named_once_and_only_when_it_trains(monke
             (["--bf16", "--show-augmentation", "a.png"],
              ["--bf16 does nothing in this run: --show-augmentation trains nothing"])]:
         argv += ["--device", "cpu"]
-        assert train_flags.notes(*train_flags.parse(parser, argv)) == expected
+        assert train_flags.notes(*cli.parse_and_tell_given(parser, argv)) == expected
 
 
 # ----------------------------------------------------------------------------
@@ -900,7 +893,10 @@ def test_validation_uses_the_model_without_dropout(mnist):
 # Data augmentation
 
 def distortion(seed=0, background=0.0, **strengths):
-    return data.RandomDistortion(torch.Generator().manual_seed(seed), background, **strengths)
+    """train.py's distortion, by default of its default strengths, for images whose
+    black pixels are `background`."""
+    return data.RandomDistortion(seed, "cpu", {"mean": -background, "std": 1.0},
+                                 **{**data.DISTORTION_DEFAULTS, **strengths})
 
 
 def test_augmentation_keeps_shape_and_dtype_and_changes_the_images(mnist):
@@ -1145,27 +1141,28 @@ def test_bad_flags_are_one_clear_line(capsys, flags, message, tmp_path):
     assert not os.path.exists(tmp_path / "nowhere")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
-@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
-def test_cuda_on_a_machine_without_it(capsys, device, tmp_path):
+def pretend_one_accelerator(monkeypatch, kind):
+    """This machine, as torch.accelerator sees it, with one `kind` device (None: none)."""
+    monkeypatch.setattr(torch.accelerator, "current_accelerator", lambda check_available=False:
+                        None if kind is None else torch.device(kind))
+    monkeypatch.setattr(torch.accelerator, "device_count", lambda: int(kind is not None))
+
+
+@pytest.mark.parametrize("accelerator", [None, "cuda", "mps"])
+def test_auto_takes_the_machine_s_accelerator_or_the_cpu(monkeypatch, accelerator):
+    pretend_one_accelerator(monkeypatch, accelerator)
+    assert cli.device("auto") == torch.device(accelerator or "cpu")
+    assert cli.device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize("accelerator, device", [
+    (None, "cuda"), (None, "cuda:1"), (None, "mps"), ("cuda", "mps"), ("mps", "cuda"),
+    ("cuda", "cuda:1")])  # (one GPU, whose index is 0)
+def test_a_device_the_machine_lacks_is_one_line(capsys, tmp_path, monkeypatch, accelerator,
+                                                device):
+    pretend_one_accelerator(monkeypatch, accelerator)
     code, _, err = run(capsys, train, "--device", device, "--data-dir", tmp_path / "nowhere")
-    assert_one_line_error(code, err, "CUDA is not available")
-
-
-def test_cuda_device_beyond_the_count(capsys, tmp_path, monkeypatch):
-    # A machine with one GPU, real or (on a machine without CUDA) pretended.
-    if not torch.cuda.is_available():
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    device = f"cuda:{torch.cuda.device_count()}"
-    code, _, err = run(capsys, train, "--device", device, "--data-dir", tmp_path / "nowhere")
-    assert_one_line_error(code, err, f"there is no {device}")
-
-
-@pytest.mark.skipif(torch.backends.mps.is_available(), reason="this machine has MPS")
-def test_mps_on_a_machine_without_it(capsys, tmp_path):
-    code, _, err = run(capsys, train, "--device", "mps", "--data-dir", tmp_path / "nowhere")
-    assert_one_line_error(code, err, "MPS is not available")
+    assert_one_line_error(code, err, f"there is no {device} on this machine")
 
 
 @job("test_unavailable_device_on_the_real_command_line")
@@ -1203,8 +1200,8 @@ def test_missing_data_and_no_download(capsys, tmp_path, monkeypatch, dataset, fo
     empty = tmp_path / "empty"
     code, _, err = run(capsys, train, "--data-dir", empty, "--out", tmp_path / "m.pt",
                        "--dataset", dataset)
-    assert_one_line_error(code, err, f"{folder} is not in",
-                          os.path.join(str(empty), folder, "raw"),
+    assert_one_line_error(code, err, f"{dataset}'s files are not in",
+                          os.path.join(str(empty), folder, "raw"), "downloading them failed",
                           "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "--data-dir")
     assert not os.path.exists(tmp_path / "m.pt")
     # torchvision made <empty>/<folder>/raw before its download failed: removed.
@@ -1219,7 +1216,7 @@ def test_a_failed_download_leaves_nothing_in_the_user_s_folder(capsys, tmp_path,
     code, _, err = run(capsys, evaluate, tmp_path / "no.pt", "--data-dir", mine)
     assert_one_line_error(code, err, "no such file")  # the checkpoint is checked first
     code, _, err = run(capsys, train, "--data-dir", mine, "--out", tmp_path / "m.pt")
-    assert_one_line_error(code, err, "MNIST is not in")
+    assert_one_line_error(code, err, "mnist's files are not in")
     assert sorted(os.listdir(mine)) == ["MNIST", "notes.txt"]
     assert os.listdir(mine / "MNIST") == []
 
@@ -1662,9 +1659,10 @@ def test_a_resumed_run_whose_log_folder_is_gone_is_refused_before_it_trains(
     assert out.read_bytes() == before and "epoch  train loss" not in stdout
 
 
-def test_each_flag_is_checked_once_given_or_default(tmp_path, monkeypatch):
-    """The command line is parsed once: a check that writes a probe file into
-    an output's folder, or asks CUDA for its devices, runs once a flag."""
+def test_a_default_the_command_line_replaces_is_never_checked(tmp_path, monkeypatch):
+    """A check that writes a probe file into an output's folder, or asks for the
+    machine's GPU, runs for the values given, never for the defaults they replace
+    (--out model.pt in the working folder, --device auto)."""
     probed, devices = [], []
     real_probe, real_device = cli.tempfile.TemporaryFile, cli.device
     monkeypatch.setattr(cli.tempfile, "TemporaryFile",
@@ -1673,48 +1671,11 @@ def test_each_flag_is_checked_once_given_or_default(tmp_path, monkeypatch):
     (tmp_path / "logs").mkdir()
     train.parse_args(["--out", str(tmp_path / "m.pt"), "--log", str(tmp_path / "logs" / "l.csv"),
                       "--device", "cpu"])
-    assert probed == [str(tmp_path), str(tmp_path / "logs")] and devices == ["cpu"]
+    assert set(probed) == {str(tmp_path), str(tmp_path / "logs")} and set(devices) == {"cpu"}
     probed.clear(), devices.clear()
     monkeypatch.chdir(tmp_path)
     train.parse_args([])  # --out model.pt and --device auto, the defaults
     assert probed == ["."] and devices == ["auto"]
-
-
-def test_a_run_saved_before_a_flag_existed_resumes_with_its_default(
-        capsys, mnist, tmp_path, monkeypatch):
-    out = in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys)
-    older = torch.load(out, weights_only=True)
-    del older["train_args"]["bf16"]  # saved by train.py before --bf16
-    torch.save(older, out)
-    code, stdout, err = run(capsys, train, "--resume", out, "--data-dir", mnist)
-    assert code == 0, err
-    assert "resuming after epoch 1 of 3" in stdout
-    assert load_checkpoint(out)[1]["train_args"]["bf16"] is False
-
-
-def test_an_sgd_run_begun_when_one_cycle_cycled_its_momentum_resumes_as_it_began(
-        capsys, mnist, tmp_path, monkeypatch):
-    """Before --momentum acted under the one-cycle schedule, torch's OneCycleLR
-    cycled SGD's momentum: a run saved then goes on doing so, and says why."""
-    def as_before(optimizer, args, steps_per_epoch):
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr,
-                                                   total_steps=args.epochs * steps_per_epoch)
-
-    straight = tmp_path / "straight.pt"
-    monkeypatch.setattr(train, "make_scheduler", as_before)
-    code, _, err = run(capsys, train, "--data-dir", mnist, "--out", straight, *RESUMABLE_RUN,
-                       "--epochs", 3, "--optimizer", "sgd", "--momentum", "0.5")
-    assert code == 0, err
-    out = in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys, "--optimizer", "sgd",
-                                 "--momentum", "0.5")
-    monkeypatch.undo()  # today's make_scheduler
-    code, stdout, err = run(capsys, train, "--resume", out, "--data-dir", mnist)
-    assert code == 0, err
-    assert "cycles SGD's momentum" in stdout and "goes on as it began" in stdout
-    expected, got = (torch.load(path, weights_only=True) for path in (straight, out))
-    assert timeless(got["metrics"]) == timeless(expected["metrics"])
-    assert same_weights(got["state_dict"], expected["state_dict"])
-    assert [row["momentum"] for row in got["metrics"]] != [0.5] * 3  # cycled, as it began
 
 
 def test_main_gives_sigterm_back_to_its_caller(capsys, mnist, tmp_path):
@@ -2053,10 +2014,10 @@ def test_a_fashion_model_looks_for_fashion_mnist_s_folder(capsys, fashion, mnist
     out = tmp_path / "fashion.pt"
     run(capsys, train, "--dataset", "fashion-mnist", "--data-dir", fashion, "--epochs", 1,
         "--val-size", 100, "--device", "cpu", "--out", out)
-    monkeypatch.setattr(data, "download", lambda root, dataset: (_ for _ in ()).throw(
-        data.DataError(f"{data.DATASETS[dataset]['folder']} is not in {root}")))
+    offline(monkeypatch)
     code, _, err = run(capsys, evaluate, out, "--data-dir", mnist)  # MNIST's folder only
-    assert_one_line_error(code, err, "FashionMNIST is not in")
+    assert_one_line_error(code, err, "fashion-mnist's files are not in",
+                          os.path.join(mnist, "FashionMNIST", "raw"))
 
 
 # ----------------------------------------------------------------------------
