@@ -542,10 +542,13 @@ def same_weights(first, second):
         for name in first)
 
 
+# The flags of the "data and output" group: the others shape the training.
+DATA_AND_OUTPUT = {"dataset", "val_size", "seed", "device", "data_dir", "out", "log", "resume"}
+
+
 def test_every_training_flag_has_a_row_in_the_table():
-    groups = {"model", "optimization", "data augmentation (training images only)"}
-    flags = {action.option_strings[0] for group in train.make_parser()._action_groups
-             if group.title in groups for action in group._group_actions}
+    every_flag = vars(train.make_parser().parse_args([]))
+    flags = {cli.as_flag(name, "").split()[0] for name in every_flag.keys() - DATA_AND_OUTPUT}
     assert flags == {flag for flag, _, _ in ACTING} | set(NOT_TRAINING)
 
 
@@ -585,9 +588,9 @@ def test_with_show_augmentation_every_training_flag_is_named(pictures, capsys, m
     assert picture.exists()
     # and so is every flag of the model and optimization groups, and the outputs
     parser = train.make_parser()
-    training = {action.dest for group in parser._action_groups
-                if group.title in ("model", "optimization") for action in group._group_actions}
     args = parser.parse_args(["--show-augmentation", str(picture)])
+    augmentation = {"augment", *data.DISTORTION_DEFAULTS, "clean_epochs", "show_augmentation"}
+    training = vars(args).keys() - DATA_AND_OUTPUT - augmentation
     everything = dict.fromkeys(vars(args))
     assert set(train_flags.idle_flags(args, everything)) == training | {
         "clean_epochs", "out", "log", "elastic_sigma"}  # (at --elastic-alpha 0)
