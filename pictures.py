@@ -1,11 +1,11 @@
 """Pictures of what a trained network learned, drawn with matplotlib.
 
-    python pictures.py model.pt                  # curves.png and weights.png
-    python pictures.py model.pt --curves c.png --weights w.png
-    python pictures.py --against-time time.png default.pt quick.pt wide.pt
+    python pictures.py model.pt --curves curves.png --weights weights.png
+    python pictures.py sgd.pt adam.pt --curves compare.png    # several runs, by epoch
+    python pictures.py default.pt quick.pt --against-time time.png
 
 This file makes the pictures that need only checkpoints: the learning curves
-from a run's per-epoch metrics, the first layer's weights, and the validation
+from runs' per-epoch metrics, the first layer's weights, and the validation
 accuracy of several runs against their training time. The others are drawn
 where their data is: `evaluate.py --confusion` and `--errors` (the test set),
 `train.py --show-augmentation` (the distortion flags) and `predict.py --show`
@@ -36,25 +36,36 @@ def save(figure, path):
                                                   bbox_inches="tight"))
 
 
-def learning_curves(metrics, caption):
-    """Loss and accuracy per epoch, on the training batches and on the validation
-    set, from the metrics a checkpoint stores; `caption`, lines under them."""
-    epochs = [row["epoch"] for row in metrics]
-    figure = Figure(figsize=(10, 3.8))
+def learning_curves(runs, caption=()):
+    """Loss and accuracy per epoch, on the training batches (solid) and on the
+    validation set (dashed), from the metrics checkpoints store; `runs` maps a
+    label to a run's metrics, one colour each; `caption`, lines under them. The
+    axes take in every point of every run."""
+    figure = Figure(figsize=(10, 3.8 if len(runs) == 1 else 4.6))
     loss_axes, accuracy_axes = figure.subplots(1, 2)
-    for split, style in (("train", "-"), ("val", "--")):
-        name = {"train": "training (augmented batches)", "val": "validation"}[split]
-        if metrics and metrics[0][f"{split}_loss"] is not None:
+    for index, (label, metrics) in enumerate(runs.items()):
+        epochs = [row["epoch"] for row in metrics]
+        for split, style in (("train", "-"), ("val", "--")):
+            if not metrics or metrics[0][f"{split}_loss"] is None:  # no validation split
+                continue
+            name = {"train": "training batches", "val": "validation"}[split]
+            name = name if len(runs) == 1 else f"{label}, {name}"
             loss_axes.plot(epochs, [row[f"{split}_loss"] for row in metrics], style,
-                           marker=".", label=name)
+                           color=f"C{index}", marker=".", label=name)
             accuracy_axes.plot(epochs, [100 * row[f"{split}_accuracy"] for row in metrics],
-                               style, marker=".", label=name)
+                               style, color=f"C{index}", marker=".", label=name)
     loss_axes.set(title="loss", xlabel="epoch", yscale="log")
     accuracy_axes.set(title="accuracy (%)", xlabel="epoch")
     for axes in (loss_axes, accuracy_axes):
         axes.grid(alpha=0.3)
-        axes.legend()
-    figure.text(0.07, -0.02, "\n".join(caption), ha="left", va="top", fontsize=8)
+    caption_top = -0.02  # in figure heights, below the axes
+    if len(runs) == 1:
+        accuracy_axes.legend()
+    else:  # below the axes, where it hides no curve: a row for each run
+        figure.legend(*loss_axes.get_legend_handles_labels(), loc="upper center",
+                      bbox_to_anchor=(0.5, caption_top), ncols=2, fontsize=8)
+        caption_top -= 0.045 * len(runs) + 0.03
+    figure.text(0.07, caption_top, "\n".join(caption), ha="left", va="top", fontsize=8)
     return figure
 
 
@@ -197,6 +208,23 @@ def to_pixels(images, normalization):
 
 # ----------------------------------------------------------------------------
 
+# Flags that do not change what a run learns, left out of the runs' labels.
+NOT_THE_RUN = ("out", "log", "resume", "data_dir", "device")
+
+
+def run_labels(checkpoints):
+    """{path: label} for runs compared in one picture: the flags in which they
+    differ (--optimizer sgd --lr 0.05), or their file names where none differ."""
+    flags = {path: checkpoint["train_args"] for path, checkpoint in checkpoints.items()}
+    names = dict.fromkeys(name for run in flags.values() for name in run)  # in train.py's order
+    differing = [name for name in names if name not in NOT_THE_RUN
+                 and len({repr(run.get(name)) for run in flags.values()}) > 1]
+    if not differing:
+        return {path: path for path in checkpoints}
+    return {path: " ".join(cli.as_flag(name, run[name]) for name in differing if name in run)
+            for path, run in flags.items()}
+
+
 def run_label(path, checkpoint):
     """How accuracy_against_time names a run: file, net, epochs, minutes, result."""
     metrics = checkpoint["metrics"]
@@ -206,44 +234,57 @@ def run_label(path, checkpoint):
 
 
 def main(argv=None):
-    parser = cli.ArgumentParser(description="Draw a checkpoint's learning curves and "
-                                            "first-layer weights, or compare several runs.")
+    parser = cli.ArgumentParser(description="Draw a run's learning curves and first-layer "
+                                            "weights, or compare several runs.")
     parser.add_argument("checkpoints", nargs="+", metavar="checkpoint",
-                        help="a model file written by train.py, e.g. model.pt "
-                             "(several with --against-time)")
-    parser.add_argument("--curves", type=cli.png_file, default="curves.png", metavar="PNG",
-                        help="where to draw the loss and accuracy per epoch")
-    parser.add_argument("--weights", type=cli.png_file, default="weights.png", metavar="PNG",
-                        help="where to draw the first layer's weights")
+                        help="a model file written by train.py, e.g. model.pt; several "
+                             "with --curves or --against-time to compare them")
+    parser.add_argument("--curves", type=cli.png_file, metavar="PNG",
+                        help="draw the loss and accuracy per epoch, of every run given")
+    parser.add_argument("--weights", type=cli.png_file, metavar="PNG",
+                        help="draw the first layer's weights (one run)")
     parser.add_argument("--against-time", type=cli.png_file, metavar="PNG",
-                        help="instead, draw the validation accuracy of every checkpoint "
-                             "given against its training time")
+                        help="draw the validation accuracy of every run given against its "
+                             "training time")
     args = parser.parse_args(argv)
-    if len(args.checkpoints) > 1 and not args.against_time:
-        parser.error("several checkpoints are compared with --against-time PNG")
+    if not (args.curves or args.weights or args.against_time):
+        parser.error("say which picture to draw, and where: --curves PNG, --weights PNG "
+                     "or --against-time PNG")
+    if args.weights and len(args.checkpoints) > 1:
+        parser.error("argument --weights: it draws one run's weights; give one checkpoint")
     try:
         loaded = {path: load_checkpoint(path) for path in args.checkpoints}
     except CheckpointError as error:
         sys.exit(f"error: {error}")
+    checkpoints = {path: checkpoint for path, (_, checkpoint) in loaded.items()}
+    if args.curves:
+        labels = run_labels(checkpoints)
+        first = checkpoints[args.checkpoints[0]]
+        # The caption says how train and val are measured, where the runs agree on it.
+        captions = {tuple(cli.what_the_columns_measure(checkpoint["train_args"]))
+                    for checkpoint in checkpoints.values()}
+        caption = cli.what_the_columns_measure(first["train_args"]) if len(captions) == 1 else [
+            "train: the batches as each run trained on them, averaged over the epoch while "
+            "learning", "val:   the held-out images as they are, after the epoch"]
+        save(learning_curves({labels[path]: checkpoint["metrics"]
+                              for path, checkpoint in checkpoints.items()}, caption),
+             args.curves)
+        print(f"wrote {args.curves} ({len(checkpoints)} run{'s' * (len(checkpoints) > 1)})")
+    if args.weights:
+        weight = loaded[args.checkpoints[0]][0].hidden_layers[0].weight  # [units, 784]
+        save(first_layer_weights(weight), args.weights)
+        print(f"wrote {args.weights} ({min(100, len(weight))} of {len(weight)} units)")
     if args.against_time:
-        unvalidated = [path for path, (_, checkpoint) in loaded.items()
+        unvalidated = [path for path, checkpoint in checkpoints.items()
                        if not checkpoint["metrics"]
                        or checkpoint["metrics"][-1]["val_accuracy"] is None]
         if unvalidated:
             sys.exit(f"error: {unvalidated[0]}: trained without a validation split "
                      f"(--val-size 0), so there is no validation accuracy to draw")
         save(accuracy_against_time({run_label(path, checkpoint): checkpoint["metrics"]
-                                    for path, (_, checkpoint) in loaded.items()}),
+                                    for path, checkpoint in checkpoints.items()}),
              args.against_time)
         print(f"wrote {args.against_time} ({len(loaded)} run{'s' * (len(loaded) > 1)})")
-        return
-    model, checkpoint = loaded[args.checkpoints[0]]
-    caption = cli.what_the_columns_measure(checkpoint["train_args"])
-    save(learning_curves(checkpoint["metrics"], caption), args.curves)
-    print(f"wrote {args.curves} ({len(checkpoint['metrics'])} epochs)")
-    weight = model.hidden_layers[0].weight  # [units, 784]
-    save(first_layer_weights(weight), args.weights)
-    print(f"wrote {args.weights} ({min(100, len(weight))} of {len(weight)} units)")
 
 
 if __name__ == "__main__":

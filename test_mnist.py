@@ -1763,7 +1763,8 @@ def test_a_crafted_checkpoint_given_to_resume_runs_no_code(capsys, checkpoint, m
 
 def test_learning_curves_plot_the_stored_metrics(pictures, checkpoint):
     metrics = torch.load(checkpoint, weights_only=True)["metrics"]
-    figure = pictures.learning_curves(metrics, ["train: a caption", "val:   its second line"])
+    figure = pictures.learning_curves({"model.pt": metrics},
+                                      ["train: a caption", "val:   its second line"])
     loss_axes, accuracy_axes = figure.axes
     train_loss, val_loss = loss_axes.lines
     assert list(train_loss.get_xdata()) == [1, 2]
@@ -1804,9 +1805,53 @@ def test_pictures_draws_curves_and_weights_from_a_checkpoint(pictures, capsys, c
     curves, weights = tmp_path / "curves.png", tmp_path / "weights.png"
     code, stdout, _ = run(capsys, pictures, checkpoint, "--curves", curves, "--weights", weights)
     assert code == 0
-    assert "(2 epochs)" in stdout and "(64 of 64 units)" in stdout
+    assert "(1 run)" in stdout and "(64 of 64 units)" in stdout
     for picture in (curves, weights):
         assert Image.open(picture).format == "PNG"
+
+
+def test_pictures_draws_only_what_a_flag_asks_for(pictures, capsys, checkpoint, tmp_path,
+                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, pictures, checkpoint)
+    assert_one_line_error(code, err, "--curves PNG", "--weights PNG", "--against-time PNG")
+    code, _, _ = run(capsys, pictures, checkpoint, "--curves", "c.png")
+    assert code == 0 and sorted(os.listdir(tmp_path)) == ["c.png"]
+    code, _, err = run(capsys, pictures, checkpoint, checkpoint, "--weights", "w.png")
+    assert_one_line_error(code, err, "--weights", "one checkpoint")
+
+
+def test_runs_compared_by_epoch_are_labelled_by_the_flags_they_differ_in(
+        pictures, capsys, mnist, tmp_path):
+    """The homework's comparison: two runs' curves on one figure, each named by
+    the flags in which the runs differ, every point inside the axes."""
+    runs = {"sgd.pt": ["--optimizer", "sgd", "--lr", "0.05"], "adam.pt": []}
+    for name, flags in runs.items():
+        code, _, err = run(capsys, train, "--data-dir", mnist, "--epochs", 3, "--hidden", 16,
+                           "--val-size", 100, "--device", "cpu", "--out", tmp_path / name,
+                           *flags)
+        assert code == 0, err
+    checkpoints = {name: load_checkpoint(tmp_path / name)[1] for name in runs}
+    labels = pictures.run_labels(checkpoints)
+    assert labels == {"sgd.pt": "--optimizer sgd --lr 0.05",
+                      "adam.pt": "--optimizer adam --lr 0.001"}
+    same = {"a.pt": checkpoints["adam.pt"], "b.pt": checkpoints["adam.pt"]}
+    assert pictures.run_labels(same) == {"a.pt": "a.pt", "b.pt": "b.pt"}  # nothing differs
+    figure = pictures.learning_curves({labels[name]: checkpoint["metrics"]
+                                       for name, checkpoint in checkpoints.items()})
+    loss_axes, accuracy_axes = figure.axes
+    assert len(loss_axes.lines) == len(accuracy_axes.lines) == 4  # train and val of each
+    for axes in (loss_axes, accuracy_axes):
+        bottom, top = axes.get_ylim()
+        for line in axes.lines:
+            assert list(line.get_xdata()) == [1, 2, 3]
+            assert all(bottom <= y <= top for y in line.get_ydata())
+    legend = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert "--optimizer sgd --lr 0.05, validation" in legend
+    picture = tmp_path / "compare.png"
+    code, stdout, _ = run(capsys, pictures, tmp_path / "sgd.pt", tmp_path / "adam.pt",
+                          "--curves", picture)
+    assert code == 0 and "(2 runs)" in stdout and Image.open(picture).format == "PNG"
 
 
 def test_accuracy_against_time_draws_each_run_at_its_cumulative_minutes(pictures):
@@ -1828,8 +1873,6 @@ def test_pictures_against_time_compares_checkpoints(pictures, capsys, checkpoint
     other.write_bytes(open(checkpoint, "rb").read())
     code, stdout, _ = run(capsys, pictures, "--against-time", picture, checkpoint, other)
     assert code == 0 and "(2 runs)" in stdout and Image.open(picture).format == "PNG"
-    code, _, err = run(capsys, pictures, checkpoint, other)
-    assert_one_line_error(code, err, "--against-time")
     unvalidated = torch.load(other, weights_only=True)
     unvalidated["metrics"][-1]["val_accuracy"] = None  # as after --val-size 0
     torch.save(unvalidated, other)
