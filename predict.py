@@ -65,14 +65,18 @@ def output_folder(path):
 def parse_args(argv=None):
     parser = cli.ArgumentParser(description="Classify your own images of digits (PNG or JPEG).")
     parser.add_argument("checkpoint", help="a model file written by train.py, e.g. model.pt")
-    parser.add_argument("images", nargs="+", help="PNG or JPEG files, any size")
+    parser.add_argument("images", nargs="*", help="PNG or JPEG files, any size")
     parser.add_argument("--device", type=cli.device, default="cpu",
                         help="cpu (the default, not auto: a few images are answered there "
                              "before a GPU would have started), auto, cuda, cuda:N, mps, ...")
     parser.add_argument("--show", metavar="FOLDER", type=output_folder,
                         help="save, for each image, the image beside the 28 x 28 the model "
                              "saw, as FOLDER/<name>.png")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not args.images:  # `python predict.py photo.jpg`: the photo was taken for the model
+        parser.error(f"give the model file first, then the images: python predict.py "
+                     f"model.pt {args.checkpoint}")
+    return args
 
 
 def read_image(source):

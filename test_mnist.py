@@ -2001,6 +2001,12 @@ def huge_png(path, width, height):
                      + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
 
 
+def test_an_image_given_without_the_model_is_told_to_come_after_it(capsys):
+    code, _, err = run(capsys, predict, "photo.jpg")
+    assert_one_line_error(code, err, "give the model file first",
+                          "python predict.py model.pt photo.jpg")
+
+
 def test_bad_images_are_one_line_each_and_the_good_ones_still_answered(
         capsys, checkpoint, tmp_path):
     good = tmp_path / "good.png"
