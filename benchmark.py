@@ -46,7 +46,7 @@ from model import MLP
 
 
 def parse_args(argv=None):
-    defaults = train.make_parser().parse_args([])
+    defaults = train.parse_args([])[0]
     parser = cli.ArgumentParser(description="Time ours, the tutorial pipeline and the floor.")
     parser.add_argument("--hidden", type=cli.positive_int, nargs="+", default=defaults.hidden)
     parser.add_argument("--batch-size", type=cli.positive_int, default=defaults.batch_size)
@@ -81,9 +81,11 @@ def ours(args, root, augment=True, bf16=False):
     flags = ["--hidden", *map(str, args.hidden), "--batch-size", str(args.batch_size),
              "--val-size", "0", "--device", str(args.device),
              "--augment" if augment else "--no-augment", *(["--bf16"] if bf16 else [])]
-    train_args = train.make_parser().parse_args(flags)
+    train_args = train.parse_args(flags)[0]
     train_set, _, normalization = data.train_val_sets(root, "mnist", 0, 0, args.device)
-    train_set.transform = train.make_augmentation(train_args, normalization)
+    if augment:  # as train.py distorts its batches
+        train_set.transform = data.RandomDistortion(0, args.device, normalization, **{
+            name: getattr(train_args, name) for name in data.DISTORTION_DEFAULTS})
     train_loader = data.make_loader(train_set, args.batch_size, shuffle=True,
                                    generator=torch.Generator().manual_seed(0))
     model = MLP(args.hidden).to(args.device)

@@ -36,7 +36,12 @@ def save_checkpoint(path, model, normalization, **details):
                                  model.state_dict().items()},
                   "normalization": normalization, **details}
     with cli.replacing(path) as f:
-        torch.save(checkpoint, f)
+        try:
+            torch.save(checkpoint, f)
+        except RuntimeError as error:  # Ctrl-C or SIGTERM stopped it, and its writer failed
+            if isinstance(error.__context__, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
+            raise
 
 
 def save_run(args, model, normalization, history, state):

@@ -100,14 +100,6 @@ def png_file(path):
     return output_file(path)
 
 
-def as_flag(name, value):
-    """How the flag for argparse's `name` reads with `value`: --lr 0.001, --no-augment."""
-    flag = "--" + name.replace("_", "-")
-    if isinstance(value, bool):
-        return flag if value else f"--no-{flag[2:]}"
-    return f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
-
-
 def parse_and_tell_given(parser, argv):
     """The flags of the command line `argv`, and those it gives, {name: value}."""
     args = parser.parse_args(argv)

@@ -73,7 +73,6 @@ def load_split(root, dataset, split):
                               for name in FILES[split])
     if not (os.path.isfile(image_file) and os.path.isfile(label_file)):
         import download  # only here: a first run's
-
         download.download(root, dataset)
     images, labels = read_idx(image_file, ndim=3), read_idx(label_file, ndim=1)
     if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
@@ -116,8 +115,7 @@ def normalize(images, normalization):
 # ----------------------------------------------------------------------------
 # Data augmentation
 
-# The distortion's default strengths, which are train.py's defaults too: mild
-# ones, for short runs (the long recipes ask for stronger).
+# The distortion's default strengths, train.py's too: mild, for short runs.
 DISTORTION_DEFAULTS = {"rotation": 5.0, "scale": 0.05, "shear": 0.0, "shift": 1.0,
                        "elastic_alpha": 0.0, "elastic_sigma": 4.0}
 

@@ -16,11 +16,9 @@ class MLP(nn.Module):
         y = W2 h + b2
 
     where x is the image flattened to 784 numbers and y holds one logit per class:
-    the lecture's "log odds", which for a softmax are the log-probabilities up to
-    a constant (softmax(y) gives the probabilities). The predicted class is the
-    index of the largest logit, `logits.argmax(dim=1)`. Softmax is not applied
-    here: nn.CrossEntropyLoss does it, fused with the log, which is faster and
-    numerically stable.
+    the lecture's "log odds", the log-probabilities up to a constant. The predicted
+    class is the largest logit's, `logits.argmax(dim=1)`. Softmax is not applied
+    here: nn.CrossEntropyLoss does it, fused with the log: faster, and stable.
 
     hidden: the width of each hidden layer, MLP([1000, 500]), or one width.
     """

@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid
 
 import cli
+import train_flags
 from load import CheckpointError, load_checkpoint
 
 
@@ -178,7 +179,7 @@ def show_augmentation(args, train_set, normalization, distortions=7):
                            for label in train_set.labels.unique()]
     originals = train_set.images[torch.stack(first_of_each_class)]
     distorted = torch.stack([train_set.transform(originals) for _ in range(distortions)], 1)
-    flags = " ".join(cli.as_flag(name, getattr(args, name)) for name in (
+    flags = " ".join(train_flags.as_flag(name, getattr(args, name)) for name in (
         "rotation", "scale", "shear", "shift", "elastic_alpha", "elastic_sigma"))
     figure = augmentation_grid(to_pixels(originals[:, 0], normalization),
                                to_pixels(distorted[:, :, 0], normalization), title=flags)
@@ -221,7 +222,8 @@ def run_labels(checkpoints):
                  and len({repr(run.get(name)) for run in flags.values()}) > 1]
     if not differing:
         return {path: path for path in checkpoints}
-    return {path: " ".join(cli.as_flag(name, run[name]) for name in differing if name in run)
+    return {path: " ".join(train_flags.as_flag(name, run[name])
+                           for name in differing if name in run)
             for path, run in flags.items()}
 
 

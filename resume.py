@@ -8,6 +8,7 @@ import torch
 
 import cli
 from load import CheckpointError, load_checkpoint
+from train_flags import as_flag
 
 
 class RefusedFlag(ValueError):
@@ -28,9 +29,9 @@ def resumed_args(args, given, may_change):
                               f"flags differ from this one's; start the run again")
     for name, value in given.items():
         if name not in may_change and value != stored[name]:
-            flag = cli.as_flag(name, value)
+            flag = as_flag(name, value)
             raise RefusedFlag(f"{flag} would change the run in {args.resume} "
-                              f"({cli.as_flag(name, stored[name])}), which --resume "
+                              f"({as_flag(name, stored[name])}), which --resume "
                               f"continues as it was: leave {flag.split()[0]} out")
     # Without --device, the run's own device if this machine has it (a CPU run
     # stays on the CPU where there is a GPU too), else --device's default.

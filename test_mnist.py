@@ -548,7 +548,8 @@ DATA_AND_OUTPUT = {"dataset", "val_size", "seed", "device", "data_dir", "out", "
 
 def test_every_training_flag_has_a_row_in_the_table():
     every_flag = vars(train.make_parser().parse_args([]))
-    flags = {cli.as_flag(name, "").split()[0] for name in every_flag.keys() - DATA_AND_OUTPUT}
+    flags = {train_flags.as_flag(name, "").split()[0]
+             for name in every_flag.keys() - DATA_AND_OUTPUT}
     assert flags == {flag for flag, _, _ in ACTING} | set(NOT_TRAINING)
 
 
@@ -1439,6 +1440,34 @@ def test_ctrl_c_saves_the_weights_of_the_completed_epoch_not_the_partial_one(
     saved = torch.load(tmp_path / "m.pt", weights_only=True)
     assert saved["epochs_completed"] == 2 and saved["training_state"] is not None
     assert torch.equal(saved["state_dict"]["output_layer.weight"], weights_after[1])
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_keeps_the_one_before(
+        capsys, mnist, tmp_path, monkeypatch):
+    """A signal that lands inside torch.save stops it midway, and its zip writer
+    then fails with a RuntimeError of its own (seen with SIGTERM on a 190 MB
+    checkpoint): one line, and the previous epoch's file, whole."""
+    import checkpoint
+
+    real_save, saves = torch.save, []
+
+    def interrupted_on_the_second(obj, f):
+        saves.append(obj["epochs_completed"])
+        if len(saves) < 2:
+            return real_save(obj, f)
+        f.write(b"half a checkpoint")
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as interrupt:  # (torch's own error is chained as this one)
+            raise RuntimeError("[enforce fail at inline_container.cc:672]") from interrupt
+
+    monkeypatch.setattr(checkpoint.torch, "save", interrupted_on_the_second)
+    code, _, err = run(capsys, train, "--data-dir", mnist, "--epochs", 3, "--hidden", 16,
+                       "--val-size", 100, "--device", "cpu", "--out", tmp_path / "m.pt")
+    assert_one_line_error(code, err, "interrupted", "after epoch 1 of 3")
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "m.pt", weights_only=True)["epochs_completed"] == 1
+    assert os.listdir(tmp_path) == ["m.pt"]  # no temporary file left
 
 
 def test_ctrl_c_in_the_first_epoch_keeps_the_previous_checkpoint(

@@ -68,6 +68,10 @@ def validate(model, val_loader):
 # ----------------------------------------------------------------------------
 # Hyperparameters
 
+# Without --lr: the card's 1e-3; SGD's steps, not scaled weight by weight, want more.
+LEARNING_RATES = {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.05}
+
+
 def make_parser():
     parser = cli.ArgumentParser(description="Train an MLP on MNIST or Fashion-MNIST.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -77,7 +81,9 @@ def make_parser():
     add("--dropout", type=cli.fraction, default=0.0, help="dropout after each hidden layer")
     add = parser.add_argument_group("optimization").add_argument
     add("--optimizer", choices=["adam", "adamw", "sgd"], default="adam", help="the update rule")
-    add("--lr", type=cli.positive_float, default=1e-3, help="learning rate (peak if scheduled)")
+    add("--lr", type=cli.positive_float, default=argparse.SUPPRESS, help="learning rate, the "
+        f"peak if scheduled (default: {LEARNING_RATES['adam']:g} with adam and adamw, "
+        f"{LEARNING_RATES['sgd']:g} with sgd)")
     add("--momentum", type=cli.fraction, default=0.9, help="sgd's momentum, under every schedule")
     add("--weight-decay", type=cli.nonnegative_float, default=0.0, help="L2 (adamw: decoupled)")
     add("--scheduler", choices=["none", "step", "cosine", "onecycle"], default="onecycle",
@@ -130,6 +136,7 @@ def parse_args(argv=None):
     """The flags, and the checkpoint with --resume (else None)."""
     parser = make_parser()
     args, given = cli.parse_and_tell_given(parser, argv)
+    args.lr = given.get("lr", LEARNING_RATES[args.optimizer])
     resumed = None
     if args.resume is not None:
         import resume  # only here: what continues a run
@@ -149,13 +156,6 @@ def parse_args(argv=None):
         for note in train_flags.notes(args, given):
             print(f"note: {note}")
     return args, resumed
-
-
-def make_augmentation(args, normalization):
-    """The random distortion of training batches that the flags ask for, or None."""
-    strengths = {name: getattr(args, name) for name in data.DISTORTION_DEFAULTS}
-    return (data.RandomDistortion(args.seed, args.device, normalization, **strengths)
-            if args.augment else None)
 
 
 def make_optimizer(model, args):
@@ -192,8 +192,10 @@ def main(argv=None):
             args.data_dir, args.dataset, args.val_size, args.seed, args.device)
     except data.DataError as error:
         sys.exit(f"error: {error}")
-    # The distortion has to know which value is black after normalization.
-    augmentation = make_augmentation(args, normalization)
+    augmentation = None  # the random distortion of the training batches
+    if args.augment:  # (it has to know which value is black after normalization)
+        augmentation = data.RandomDistortion(args.seed, args.device, normalization, **{
+            name: getattr(args, name) for name in data.DISTORTION_DEFAULTS})
     train_set.transform = augmentation
     if args.show_augmentation:
         import pictures  # only here: importing matplotlib takes seconds
@@ -222,16 +224,16 @@ def main(argv=None):
             history = resume.restore(resumed, args, model, averaged, optimizer, scheduler,
                                      generators)
             saved_epoch = len(history)
-        print(f"training a {[28 * 28, *args.hidden, 10]} MLP on {len(train_set):,} "
-              f"{args.dataset} images ({len(val_set):,} held out for validation) on "
-              f"{args.device}" + (f", resuming after epoch {saved_epoch} of {args.epochs}"
-                                  if resumed else ""))
+        print(f"training a {[28 * 28, *args.hidden, 10]} MLP with {args.optimizer} at --lr "
+              f"{args.lr:g} on {len(train_set):,} {args.dataset} images ({len(val_set):,} held "
+              f"out for validation) on {args.device}" + (
+                  f", resuming after epoch {saved_epoch} of {args.epochs}" if resumed else ""))
         print("\n".join([*cli.what_the_columns_measure(vars(args)), cli.TABLE_HEADER]))
         with cli.sigterm_as_ctrl_c():
             for epoch in range(saved_epoch + 1, args.epochs + 1):
-                # A distorted digit is not quite a test digit: the last --clean-epochs
-                # fit the weights to the images as they are (He et al. 2019, "Data
-                # augmentation revisited", refine on less-augmented data).
+                # A distorted digit is not a test digit: the last --clean-epochs fit the
+                # weights to the images as they are (He et al. 2019, "Data augmentation
+                # revisited": refine on less-augmented data).
                 if epoch > args.epochs - args.clean_epochs:
                     train_set.transform = None
                 start = time.perf_counter()

@@ -6,7 +6,14 @@ checks: which contradict each other (refused), and which cannot act in the run
 import torch
 
 import data
-from cli import as_flag
+
+
+def as_flag(name, value):
+    """How the flag for argparse's `name` reads with `value`: --lr 0.001, --no-augment."""
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}"
+    return f"{flag} {' '.join(map(str, value)) if isinstance(value, list) else value}"
 
 
 def refuse_conflicting_flags(parser, args):
