@@ -10,7 +10,7 @@ from torch import nn
 
 class MLP(nn.Module):
     """A multi-layer perceptron: linear layers with a pointwise non-linearity in
-    between. With one hidden layer, MLP(512), it is the lecture's
+    between. With one hidden layer, MLP(1024), it is the lecture's
 
         h = relu(W1 x + b1)
         y = W2 h + b2
@@ -23,7 +23,7 @@ class MLP(nn.Module):
     hidden: the width of each hidden layer, MLP([1000, 500]), or one width.
     """
 
-    def __init__(self, hidden=(512,), dropout=0.0, in_features=28 * 28, num_classes=10):
+    def __init__(self, hidden=(1024,), dropout=0.0, in_features=28 * 28, num_classes=10):
         super().__init__()
         widths = [in_features, hidden] if isinstance(hidden, int) else [in_features, *hidden]
         self.hidden_layers = nn.ModuleList(

@@ -8,6 +8,7 @@ command-line tests call a script's main() in this process, exactly as
 The fixtures, and the helpers that tests share, are in conftest.py.
 """
 
+import re
 import subprocess
 import sys
 
@@ -147,14 +148,28 @@ def run_the_readme_block_as_homework(folder):
 def test_the_readme_s_own_code_block_is_made_of_the_pieces_and_runs(fresh_interpreters,
                                                                       request):
     block = readme_block("Use it in your own code")
-    assert len(block.splitlines()) <= 50
-    for path, name in (("model.py", "MLP"), ("train.py", "train_one_epoch")):
+    assert len(block.splitlines()) <= 70
+    for path, name in (("model.py", "MLP"), ("train.py", "train_one_epoch"),
+                       ("model.py", "logits_and_labels")):
         assert code_of(block, name) == code_of(source_of(path, name), name), name
     result = job_result(fresh_interpreters, request)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["epoch 1", "epoch 2", "epoch 3"]
-    assert float(lines[-1].split()[-1].rstrip("%")) > 90
+    assert [line.split(":")[0] for line in lines[:3]] == ["epoch 1", "epoch 2", "epoch 3"]
+    assert float(lines[2].split()[-1].rstrip("%")) > 90  # training accuracy
+    # Then the number the homework asks for: the test images, predicted with argmax.
+    assert len(lines) == 4 and re.fullmatch(r"test accuracy \d+\.\d\d%", lines[3])
+    assert float(lines[3].split()[-1].rstrip("%")) > 90
+
+
+@pytest.mark.lesson
+def test_one_width_is_the_default_everywhere():
+    """The lecture's MLP has one hidden layer: MLP's own default, train.py's
+    --hidden and the README's block use the same width."""
+    hidden = train.make_parser().parse_args([]).hidden
+    assert len(hidden) == 1
+    assert [layer.out_features for layer in MLP().hidden_layers] == hidden
+    assert f"model = MLP({hidden[0]})" in readme_block("Use it in your own code")
 
 
 @pytest.mark.lesson
