@@ -69,7 +69,7 @@ def validate(model, val_loader):
 # Hyperparameters
 
 # Without --lr: the card's 1e-3; SGD's steps, not scaled weight by weight, want more.
-LEARNING_RATES = {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.05}
+LEARNING_RATES = {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.1}
 
 
 def make_parser():
