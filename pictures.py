@@ -77,7 +77,6 @@ def accuracy_against_time(runs):
     a 10-second run and a half-hour one side by side."""
     figure = Figure(figsize=(8, 4.5))
     axes = figure.subplots()
-    finals = []
     for label, metrics in runs.items():
         minutes, elapsed = [], 0.0
         for row in metrics:
@@ -85,10 +84,6 @@ def accuracy_against_time(runs):
             minutes.append(elapsed / 60)
         accuracy = [100 * row["val_accuracy"] for row in metrics]
         axes.plot(minutes, accuracy, marker="." if len(metrics) < 30 else None, label=label)
-        finals.append(accuracy[-1])
-    # The interesting part is near the top: the first epochs of a long run (or
-    # of a moving average of its weights) start far below where the runs end.
-    axes.set_ylim(min(finals) - 1.5, min(100, max(finals) + 0.3))
     axes.set(xscale="log", xlabel="minutes of training (log scale)",
              ylabel="validation accuracy (%)", title="validation accuracy against training time")
     axes.xaxis.set_major_formatter("{x:g}")  # 0.1, 1, 10 rather than powers of ten

@@ -562,7 +562,7 @@ DATA_AND_OUTPUT = {"dataset", "val_size", "seed", "device", "data_dir", "out", "
 
 
 def test_every_training_flag_has_a_row_in_the_table():
-    every_flag = vars(train.make_parser().parse_args([]))
+    every_flag = vars(train.parse_args([])[0])
     flags = {train_flags.as_flag(name, "").split()[0]
              for name in every_flag.keys() - DATA_AND_OUTPUT}
     assert flags == {flag for flag, _, _ in ACTING} | set(NOT_TRAINING)
@@ -603,8 +603,7 @@ def test_with_show_augmentation_every_training_flag_is_named(pictures, capsys, m
                      f"nothing" for flag in ("--lr 0.01", "--epochs 3")]
     assert picture.exists()
     # and so is every flag of the model and optimization groups, and the outputs
-    parser = train.make_parser()
-    args = parser.parse_args(["--show-augmentation", str(picture)])
+    args, _ = train.parse_args(["--show-augmentation", str(picture)])
     augmentation = {"augment", *data.DISTORTION_DEFAULTS, "clean_epochs", "show_augmentation"}
     training = vars(args).keys() - DATA_AND_OUTPUT - augmentation
     everything = dict.fromkeys(vars(args))
@@ -1910,6 +1909,8 @@ def test_accuracy_against_time_draws_each_run_at_its_cumulative_minutes(pictures
     assert list(slow_line.get_ydata()) == pytest.approx([95, 96, 97, 98])
     assert [text.get_text() for text in axes.get_legend().get_texts()] == ["fast", "slow"]
     assert axes.get_xscale() == "log"
+    bottom, top = axes.get_ylim()  # no run's point is cut off
+    assert bottom <= 95 and top >= 98
 
 
 def test_pictures_against_time_compares_checkpoints(pictures, capsys, checkpoint, tmp_path):
