@@ -12,7 +12,6 @@ else, to a whole class at once if need be (crowd.py measures it), and it is
 meant for your own machine or your own network, not for the internet.
 """
 
-import argparse
 import errno
 import io
 import ipaddress
@@ -43,11 +42,7 @@ MAX_BODY = 1_000_000
 MAX_DRAWING_SIDE = 1024
 
 
-def port(text):
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be in [0, 65535], got {text}")
-    return value
+port = cli.number(int, lambda value: 0 <= value <= 65535, "a whole number in [0, 65535]")
 
 
 def parse_args(argv=None):

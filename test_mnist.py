@@ -1150,13 +1150,32 @@ def test_command_line_train_then_evaluate(fresh_interpreters, request):
     (["--device", "gpu"], "unknown device"),
     (["--device", "tpu:0"], "unknown device"),
     (["--unknown-flag"], "unrecognized"),
+    (["--epochs", "2.5"], "--epochs: must be a whole number, 1 or more, got 2.5"),
+    (["--hidden", "256,128"], "(several are separated by spaces: 256 128)"),
 ])
 def test_bad_flags_are_one_clear_line(capsys, flags, message, tmp_path):
     # The data folder does not exist: a bad flag must be found before the data.
     code, _, err = run(capsys, train, "--data-dir", tmp_path / "nowhere", *flags)
     assert code == 2
     assert_one_line_error(code, err, message)
+    # argparse's own "invalid positive_int value" would name a function of the code
+    assert "invalid" not in err or "invalid choice" in err
     assert not os.path.exists(tmp_path / "nowhere")
+
+
+def test_the_learning_rate_without_lr_is_the_optimizer_s_and_the_printout_says_it(
+        capsys, mnist, tmp_path):
+    for optimizer, rate in train.LEARNING_RATES.items():
+        assert train.parse_args(["--optimizer", optimizer])[0].lr == rate
+        assert train.parse_args(["--optimizer", optimizer, "--lr", "0.02"])[0].lr == 0.02
+    assert "(default: 0.001 with adam and adamw, 0.1 with sgd)" in " ".join(
+        train.make_parser().format_help().split())
+    code, stdout, err = run(capsys, train, "--data-dir", mnist, "--optimizer", "sgd",
+                            "--epochs", 1, "--hidden", 16, "--val-size", 100,
+                            "--out", tmp_path / "m.pt")
+    assert code == 0, err
+    assert stdout.startswith("training a [784, 16, 10] MLP with sgd at --lr 0.1 on ")
+    assert load_checkpoint(tmp_path / "m.pt")[1]["train_args"]["lr"] == 0.1
 
 
 def pretend_one_accelerator(monkeypatch, kind):
