@@ -122,11 +122,15 @@ def pasted_alone(*pieces):
     return namespace
 
 
+def readme_section(heading):
+    """The text of the README's section `heading`, to the next heading."""
+    with open(os.path.join(HERE, "README.md")) as f:
+        return f.read().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+
+
 def readme_block(heading):
     """The first ```python block of the README's section `heading`."""
-    with open(os.path.join(HERE, "README.md")) as f:
-        section = f.read().split(f"\n## {heading}\n", 1)[1]
-    return section.split("```python\n", 1)[1].split("\n```", 1)[0] + "\n"
+    return readme_section(heading).split("```python\n", 1)[1].split("\n```", 1)[0] + "\n"
 
 
 def code_of(source, name):

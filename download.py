@@ -16,6 +16,10 @@ def download(root, dataset):
     import torchvision.datasets
 
     folder = DATASETS[dataset]["folder"]
+    if os.path.basename(os.path.abspath(root)) == folder and os.path.isdir(
+            os.path.join(root, "raw")):  # --data-dir data/MNIST, where data/ was meant
+        raise DataError(f"{root} is the {folder} folder itself: give --data-dir the folder "
+                        f"that holds it, {os.path.dirname(os.path.abspath(root))}")
     raw = os.path.abspath(raw_folder(root, dataset))
     new_folders = []  # those torchvision will make, deepest first
     path = raw

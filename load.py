@@ -20,7 +20,8 @@ def load_checkpoint(path, device="cpu"):
     crafted file cannot run code here; it fails to load instead."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: " + ("is a directory, not a checkpoint file"
-                                             if os.path.isdir(path) else "no such file"))
+                                             if os.path.isdir(path) else "no such file (python "
+                                             f"train.py --out {path} trains one)"))
     try:
         with warnings.catch_warnings():  # torch warns about odd pickle protocols
             warnings.simplefilter("ignore")

@@ -24,6 +24,7 @@ import sys
 import matplotlib
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid
 
 import cli
@@ -55,10 +56,11 @@ def learning_curves(runs, caption=()):
                            color=f"C{index}", marker=".", label=name)
             accuracy_axes.plot(epochs, [100 * row[f"{split}_accuracy"] for row in metrics],
                                style, color=f"C{index}", marker=".", label=name)
-    loss_axes.set(title="loss", xlabel="epoch", yscale="log")
+    loss_axes.set(title="loss (log scale)", xlabel="epoch", yscale="log")
     accuracy_axes.set(title="accuracy (%)", xlabel="epoch")
     for axes in (loss_axes, accuracy_axes):
         axes.grid(alpha=0.3)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole epochs only
     caption_top = -0.02  # in figure heights, below the axes
     if len(runs) == 1:
         accuracy_axes.legend()

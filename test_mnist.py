@@ -28,6 +28,7 @@ from conftest import (
     mnist_test_set,
     pasted_alone,
     readme_block,
+    readme_section,
     source_of,
 )
 from model import MLP
@@ -160,6 +161,30 @@ def test_the_readme_s_own_code_block_is_made_of_the_pieces_and_runs(fresh_interp
     # Then the number the homework asks for: the test images, predicted with argmax.
     assert len(lines) == 4 and re.fullmatch(r"test accuracy \d+\.\d\d%", lines[3])
     assert float(lines[3].split()[-1].rstrip("%")) > 90
+
+
+@job("test_the_readme_s_block_changed_as_homework_changes_it_still_runs")
+def run_the_changed_block_as_homework(folder):
+    """The block with the homework's changes: two hidden layers, and SGD at the
+    rate the README gives for it."""
+    make_mnist(folder / "data", train_count=1000, test_count=100)
+    block = readme_block("Use it in your own code")
+    sgd = re.search(r"`(torch\.optim\.SGD\(model\.parameters\(\), [^`]*\))`",
+                    readme_section("Use it in your own code"))[1]
+    block = block.replace("model = MLP(1024)", "model = MLP([512, 256])")
+    block = block.replace("optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)",
+                          f"optimizer = {sgd}")
+    assert "MLP([512, 256])" in block and "optim.SGD" in block
+    (folder / "homework.py").write_text(block)
+    return subprocess.run([sys.executable, "homework.py"], cwd=folder, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_the_readme_s_block_changed_as_homework_changes_it_still_runs(fresh_interpreters,
+                                                                     request):
+    result = job_result(fresh_interpreters, request)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.splitlines()[-1].split()[-1].rstrip("%")) > 90
 
 
 @pytest.mark.lesson
@@ -1167,6 +1192,7 @@ def test_the_learning_rate_without_lr_is_the_optimizer_s_and_the_printout_says_i
         capsys, mnist, tmp_path):
     for optimizer, rate in train.LEARNING_RATES.items():
         assert train.parse_args(["--optimizer", optimizer])[0].lr == rate
+        assert train.parse_args(["--optimizer", optimizer.upper()])[0].optimizer == optimizer
         assert train.parse_args(["--optimizer", optimizer, "--lr", "0.02"])[0].lr == 0.02
     assert "(default: 0.001 with adam and adamw, 0.1 with sgd)" in " ".join(
         train.make_parser().format_help().split())
@@ -1243,6 +1269,13 @@ def test_missing_data_and_no_download(capsys, tmp_path, monkeypatch, dataset, fo
     assert not os.path.exists(tmp_path / "m.pt")
     # torchvision made <empty>/<folder>/raw before its download failed: removed.
     assert not empty.exists()
+
+
+def test_a_data_dir_one_folder_too_deep_is_told_the_folder_above(capsys, mnist, tmp_path):
+    too_deep = os.path.join(mnist, "MNIST")  # the folder that holds raw/, not the root
+    code, _, err = run(capsys, train, "--data-dir", too_deep, "--out", tmp_path / "m.pt")
+    assert_one_line_error(code, err, "is the MNIST folder itself",
+                          f"give --data-dir the folder that holds it, {mnist}")
 
 
 def test_a_failed_download_leaves_nothing_in_the_user_s_folder(capsys, tmp_path, monkeypatch):
@@ -1910,6 +1943,8 @@ def test_runs_compared_by_epoch_are_labelled_by_the_flags_they_differ_in(
             assert all(bottom <= y <= top for y in line.get_ydata())
     legend = [text.get_text() for text in figure.legends[0].get_texts()]
     assert "--optimizer sgd --lr 0.05, validation" in legend
+    figure.canvas.draw()  # (the ticks are chosen when drawn)
+    assert all(tick == int(tick) for tick in loss_axes.get_xticks())  # whole epochs
     picture = tmp_path / "compare.png"
     code, stdout, _ = run(capsys, pictures, tmp_path / "sgd.pt", tmp_path / "adam.pt",
                           "--curves", picture)
@@ -1946,7 +1981,8 @@ def test_pictures_against_time_compares_checkpoints(pictures, capsys, checkpoint
 
 def test_pictures_of_a_bad_checkpoint_is_one_line(pictures, capsys, tmp_path):
     code, _, err = run(capsys, pictures, tmp_path / "missing.pt", "--curves", tmp_path / "c.png")
-    assert_one_line_error(code, err, "no such file")
+    assert_one_line_error(code, err, "no such file",
+                          f"(python train.py --out {tmp_path / 'missing.pt'} trains one)")
 
 
 def test_show_augmentation_draws_each_class_and_trains_nothing(pictures, capsys, mnist, tmp_path,

@@ -80,7 +80,8 @@ def make_parser():
         help="width of each hidden layer (one: the lecture's MLP)")
     add("--dropout", type=cli.fraction, default=0.0, help="dropout after each hidden layer")
     add = parser.add_argument_group("optimization").add_argument
-    add("--optimizer", choices=["adam", "adamw", "sgd"], default="adam", help="the update rule")
+    add("--optimizer", type=str.lower, choices=["adam", "adamw", "sgd"], default="adam",
+        help="the update rule")
     add("--lr", type=cli.positive_float, default=argparse.SUPPRESS, help="learning rate, the "
         f"peak if scheduled (default: {LEARNING_RATES['adam']:g} with adam and adamw, "
         f"{LEARNING_RATES['sgd']:g} with sgd)")
@@ -201,8 +202,7 @@ def main(argv=None):
         import pictures  # only here: importing matplotlib takes seconds
         return pictures.show_augmentation(args, train_set, normalization)
     shuffling = torch.Generator().manual_seed(args.seed)
-    train_loader = data.make_loader(train_set, args.batch_size, shuffle=True,
-                                    generator=shuffling)
+    train_loader = data.make_loader(train_set, args.batch_size, shuffle=True, generator=shuffling)
     val_loader = data.make_loader(val_set, batch_size=1000, shuffle=False)
 
     model = MLP(args.hidden, args.dropout).to(args.device)
