@@ -57,6 +57,8 @@ def learning_curves(runs, caption=()):
             accuracy_axes.plot(epochs, [100 * row[f"{split}_accuracy"] for row in metrics],
                                style, color=f"C{index}", marker=".", label=name)
     loss_axes.set(title="loss (log scale)", xlabel="epoch", yscale="log")
+    for ticks in (loss_axes.yaxis.set_major_formatter, loss_axes.yaxis.set_minor_formatter):
+        ticks("{x:g}")  # 0.6, not 6 x 10^-1
     accuracy_axes.set(title="accuracy (%)", xlabel="epoch")
     for axes in (loss_axes, accuracy_axes):
         axes.grid(alpha=0.3)

@@ -187,6 +187,51 @@ def test_the_readme_s_block_changed_as_homework_changes_it_still_runs(fresh_inte
     assert float(result.stdout.splitlines()[-1].split()[-1].rstrip("%")) > 90
 
 
+def test_the_reading_order_s_line_counts_are_today_s():
+    import ast
+
+    def lines_of(path, name):
+        with open(os.path.join(HERE, path)) as f:
+            tree = ast.parse(f.read())
+        node = next(node for node in tree.body if getattr(node, "name", None) == name)
+        first = node.decorator_list[0] if node.decorator_list else node
+        return node.end_lineno - first.lineno + 1
+
+    def lines_in(*paths):
+        return sum(len(open(os.path.join(HERE, path)).readlines()) for path in paths)
+
+    order = readme_section("Reading order")
+    said = [int(count) for count in re.findall(r"\((\d+) lines\)", order)]
+    assert said == [lines_of("model.py", "MLP"), lines_of("train.py", "train_one_epoch"),
+                    lines_of("train.py", "validate"), lines_of("train.py", "main"),
+                    sum(lines_of("data.py", name)
+                        for name in ("MNISTTensors", "BatchIndices", "make_loader")),
+                    lines_in("evaluate.py")]
+    path = lines_in("train.py", "model.py", "data.py", "cli.py", "checkpoint.py")
+    assert f"A default run reads five files, {path} lines" in order
+
+
+@job("test_a_default_run_reads_five_files_of_at_most_900_lines")
+def modules_of_a_default_run(folder):
+    """The project's modules that a default run (its 5,000 validation images
+    held out of 5,100) has loaded when it ends."""
+    make_mnist(folder / "data", train_count=5100, test_count=10)
+    code = ("import os, sys, train; train.main(sys.argv[1:]); print(sorted(m.__file__ for m in "
+            "list(sys.modules.values()) if os.path.dirname(getattr(m, '__file__', None) or '') "
+            "== os.getcwd()))")
+    return run_command("-c", code, "--data-dir", folder / "data", "--out", folder / "m.pt",
+                       "--log", folder / "log.csv")
+
+
+def test_a_default_run_reads_five_files_of_at_most_900_lines(fresh_interpreters, request):
+    result = job_result(fresh_interpreters, request)
+    assert result.returncode == 0, result.stderr
+    files = [os.path.basename(path) for path in eval(result.stdout.splitlines()[-1])]
+    assert sorted(files) == ["checkpoint.py", "cli.py", "data.py", "model.py", "train.py"]
+    lines = {name: len(open(os.path.join(HERE, name)).readlines()) for name in files}
+    assert lines["train.py"] <= 280 and sum(lines.values()) <= 900, lines
+
+
 @pytest.mark.lesson
 def test_one_width_is_the_default_everywhere():
     """The lecture's MLP has one hidden layer: MLP's own default, train.py's
