@@ -129,7 +129,7 @@ def make_parser():
     return parser
 
 
-# Where a run reads, writes and computes: a resumed run may change them; none can idle.
+# Where a run reads, writes and computes: --resume may change these; alone, none can idle.
 WHERE = ("data_dir", "device", "out", "log", "resume")
 
 
