@@ -1,7 +1,7 @@
 """The scripts' command line: flag types that refuse a bad value in one line
 before any work starts (argparse turns their ArgumentTypeError into `script:
 error: argument --lr: must be ...`, exit status 2), --device, output files
-written all or nothing, and what train.py says about its flags and epochs.
+written all or nothing, and the lines of train.py's epoch table.
 """
 
 import argparse
