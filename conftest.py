@@ -378,9 +378,26 @@ def pen_strokes(digit, rng, size):
             for stroke in DIGIT_STROKES[digit]]
 
 
+def row_strokes(digits, rng, height, gaps):
+    """The digits' strokes side by side, `height` pixels high, each slanted at
+    random, with `gaps` (in the height) between their 0.6-wide boxes; and the
+    page's (width, height) that holds them with a margin of half the height.
+    A digit is a class, or its own strokes in a box as DIGIT_STROKES's."""
+    strokes, left = [], height / 2
+    for digit, gap in zip(digits, [0, *gaps]):
+        left += gap * height
+        slant = rng.uniform(-0.15, 0.15)
+        strokes += [[(left + (x + slant * (1 - y)) * height, height / 2 + y * height)
+                     for x, y in stroke]
+                    for stroke in (DIGIT_STROKES[digit] if isinstance(digit, int) else digit)]
+        left += 0.6 * height
+    return strokes, (round(left + height / 2), 2 * height)
+
+
 def drawing(strokes, pen, size):
-    """The strokes drawn with a round `pen` pixels wide, black on a white page."""
-    page = Image.new("L", (size, size), 255)
+    """The strokes drawn with a round `pen` pixels wide, black on a white page
+    of size x size pixels, or of size = (width, height)."""
+    page = Image.new("L", size if isinstance(size, tuple) else (size, size), 255)
     ink = ImageDraw.Draw(page)
     for stroke in strokes:
         ink.line(stroke, fill=0, width=pen, joint="curve")
@@ -425,7 +442,8 @@ def drawn_digit_model(tmp_path_factory):
     accuracy = (model(inputs).argmax(dim=1) == labels).float().mean().item()
     path = str(tmp_path_factory.mktemp("drawn") / "drawn.pt")
     save_checkpoint(path, model, normalization, dataset="mnist",
-                    classes=[str(digit) for digit in range(10)], train_args={},
+                    classes=[str(digit) for digit in range(10)],
+                    train_args={"label_smoothing": 0.0},
                     metrics=[{"epoch": 1, "val_accuracy": accuracy}], epochs_completed=1,
                     training_state=None)
     return path

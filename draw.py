@@ -6,7 +6,9 @@
 
 The page, draw.html, sends the canvas as a PNG to POST /predict as you draw. The
 drawing is prepared exactly as predict.py prepares a photo, and the answer holds
-the ten class probabilities and the 28 x 28 image the model saw. The server is
+the ten class probabilities and the 28 x 28 image the model saw. In its row mode
+(a wider canvas, for a ZIP code or a phone number) it sends POST /row, and the
+answer holds those of each digit found, as predict.py finds them in a photo. The server is
 the standard library's http.server: it serves that page and that answer, nothing
 else, to a whole class at once if need be (crowd.py measures it), and it is
 meant for your own machine or your own network, not for the internet.
@@ -32,11 +34,11 @@ import predict
 from load import CheckpointError, load_checkpoint
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "draw.html")
-# A 400 x 400 canvas is a PNG of about 14 KB (Chromium's; EXPERIMENTS.md): a
-# megabyte is not a drawing.
+# A 400 x 400 canvas is a PNG of about 14 KB (Chromium's; EXPERIMENTS.md), the
+# row mode's 1,000 x 300 a few times that: a megabyte is not a drawing.
 MAX_BODY = 1_000_000
-# The page sends its 400 x 400 canvas; the margin is for a browser that sends
-# more. Larger PNGs are refused from their header: a small file can hold a
+# The page sends its 400 x 400 canvas (1,000 x 300 for a row); the margin is for
+# a browser that sends more. Larger PNGs are refused from their header: a small file can hold a
 # 10,000 x 10,000 image: one of 418 KB took 5.6-6.6 s and 388 MB to read here
 # (predict.read_image, on two shared cores of a Zen 3).
 MAX_DRAWING_SIDE = 1024
@@ -95,9 +97,20 @@ def answer(model, checkpoint, png):
     the PNG cannot be read or holds no drawing."""
     gray, _ = predict.read_image(png)
     digit = predict.prepare(gray)
-    probabilities = predict.class_probabilities(model, digit, checkpoint["normalization"])
+    probabilities = predict.class_probabilities(model, digit[None], checkpoint["normalization"])[0]
     return {"probabilities": probabilities.tolist(),
             "seen": (digit * 255).round().int().flatten().tolist()}
+
+
+def answer_row(model, checkpoint, png):
+    """What the model makes of a row of digits drawn: for each digit found, left
+    to right, its answer as answer() gives it, and whether it is uncertain."""
+    gray, _ = predict.read_image(png)
+    return {"digits": [{"probabilities": probabilities.tolist(),
+                        "seen": (digit * 255).round().int().flatten().tolist(),
+                        "uncertain": uncertain}
+                       for digit, probabilities, uncertain in predict.read_digits(
+                           gray, model, checkpoint)]}
 
 
 class Server(ThreadingHTTPServer):
@@ -153,7 +166,8 @@ def handler(model, checkpoint):
             self.send(HTTPStatus.OK, "text/html; charset=utf-8", html)
 
         def do_POST(self):
-            if self.path != "/predict":
+            answers = {"/predict": answer, "/row": answer_row}
+            if self.path not in answers:
                 return self.send_json(HTTPStatus.NOT_FOUND, {"error": f"no page {self.path}"})
             try:
                 length = int(self.headers["Content-Length"])
@@ -172,7 +186,7 @@ def handler(model, checkpoint):
                 return
             try:
                 check_drawing(png)  # before it waits its turn: a refusal is quick
-                result = answering.submit(answer, model, checkpoint, png).result()
+                result = answering.submit(answers[self.path], model, checkpoint, png).result()
             except predict.NoInk:  # an empty canvas
                 return self.send_json(HTTPStatus.BAD_REQUEST, {"error": "draw a digit first"})
             except predict.ImageError as error:

@@ -187,14 +187,24 @@ def show_augmentation(args, train_set, normalization, distortions=7):
 
 
 def what_the_model_saw(original, prepared, caption):
-    """An image as given (a PIL image) beside the 28 x 28 the model read."""
-    figure = Figure(figsize=(7, 3.6))
-    left, right = figure.subplots(1, 2)
+    """An image as given (a PIL image) beside the 28 x 28 digits the model read
+    (uint8 tensors); several, from a row, in a row under it."""
+    if len(prepared) == 1:
+        figure = Figure(figsize=(7, 3.6))
+        left, right = figure.subplots(1, 2)
+        digits = [right]
+        right.set_title("28 x 28, as the model sees it", fontsize=9)
+    else:
+        figure = Figure(figsize=(max(7, 1.1 * len(prepared)), 4.4))
+        top, bottom = figure.subfigures(2, 1, height_ratios=[2.4, 1])
+        left = top.subplots()
+        digits = bottom.subplots(1, len(prepared))
+        bottom.suptitle("each digit found, 28 x 28, as the model sees it", fontsize=9)
     left.imshow(original, cmap="gray" if original.mode in ("L", "1") else None)
     left.set_title("as given", fontsize=9)
-    right.imshow(prepared.numpy(), cmap="gray", vmin=0, vmax=255)
-    right.set_title("28 x 28, as the model sees it", fontsize=9)
-    for axes in (left, right):
+    for axes, digit in zip(digits, prepared):
+        axes.imshow(digit.numpy(), cmap="gray", vmin=0, vmax=255)
+    for axes in (left, *digits):
         axes.set_axis_off()
     figure.suptitle(caption, fontsize=10)
     return figure

@@ -1,8 +1,10 @@
 """Ask a trained model about your own images: a photo or a scan of a digit
-written on paper, any size, dark ink on light paper or light on dark.
+written on paper, any size, dark ink on light paper or light on dark, or of a
+row of digits side by side (a ZIP code, a phone number: segment.py finds them).
 
     python predict.py model.pt photo.jpg [more.png ...]
     python predict.py model.pt photo.jpg --show seen/    # what the model saw
+    python predict.py model.pt zip.jpg --digits 5        # a row of 5 digits
 
 Each image is prepared as the MNIST digits were (LeCun et al.): grey levels,
 background black and ink white, cropped to the ink, scaled so that its longer
@@ -25,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 import cli
+import segment
 from load import CheckpointError, load_checkpoint
 
 # 100 megapixels (say 11,500 x 8,700) is more than a phone photo; anything larger
@@ -40,6 +43,8 @@ MIN_INK_CONTRAST = 0.2
 # MNIST's strokes are about a tenth as wide as the digit is long: the median
 # over its training digits, measured with stroke_width below, is 0.0975.
 MNIST_STROKE_WIDTH = 0.1
+# More digits than this in one image is a page, not a row: crop it first.
+MAX_DIGITS = 20
 
 
 class ImageError(Exception):
@@ -70,8 +75,13 @@ def parse_args(argv=None):
                         help="cpu (the default, not auto: a few images are answered there "
                              "before a GPU would have started), auto, cuda, cuda:N, mps, ...")
     parser.add_argument("--show", metavar="FOLDER", type=output_folder,
-                        help="save, for each image, the image beside the 28 x 28 the model "
-                             "saw, as FOLDER/<name>.png")
+                        help="save, for each image, the image beside the 28 x 28 digits the "
+                             "model saw, as FOLDER/<name>.png")
+    parser.add_argument("--digits", type=cli.number(int, lambda n: 1 <= n <= MAX_DIGITS,
+                                                    f"a whole number in [1, {MAX_DIGITS}]"),
+                        help="how many digits each image holds (a ZIP code: 5), so that "
+                             "touching digits are cut into that many; by default as many as "
+                             "the ink and the model make out")
     args = parser.parse_args(argv)
     if not args.images:  # `python predict.py photo.jpg`: the photo was taken for the model
         parser.error(f"give the model file first, then the images: python predict.py "
@@ -185,12 +195,59 @@ def prepare(gray):
 
 
 @torch.no_grad()  # per thread: draw.py's server asks from several at once
-def class_probabilities(model, digit, normalization):
-    """The model's probability of each class for a prepared 28 x 28 digit,
-    normalized as the model's training images were."""
-    normalized = (digit - normalization["mean"]) / normalization["std"]
+def class_probabilities(model, digits, normalization):
+    """The model's probability of each class [N, classes] for prepared 28 x 28
+    digits [N, 28, 28], normalized as the model's training images were."""
+    normalized = (digits - normalization["mean"]) / normalization["std"]
     device = next(model.parameters()).device
-    return model(normalized[None, None].to(device)).softmax(dim=1)[0].cpu()
+    return model(normalized[:, None].to(device)).softmax(dim=1).cpu()
+
+
+def read_digits(gray, model, checkpoint, count=None):
+    """The digits in an image, left to right: [(28 x 28 digit, probabilities,
+    uncertain)]. One digit alone is the whole image prepared, as ever; in a row,
+    each digit is its own ink on black, prepared the same way."""
+    ink = segment.ink_on_black(gray)
+    level = brightest_3x3_average(ink)
+    if level < MIN_INK_CONTRAST:
+        raise NoInk("no ink found: the image looks blank (or the digit is too faint)")
+    normalization = checkpoint["normalization"]
+
+    def prepared(mask):  # the mask widened by a pixel, for the strokes' soft edges
+        return prepare(ink * F.max_pool2d(mask[None].float(), 3, stride=1, padding=1)[0])
+
+    def read(masks):
+        return class_probabilities(model, torch.stack([prepared(m) for m in masks]),
+                                   normalization)
+
+    # The most sure a model gets: 1, less with label smoothing.
+    smoothing = checkpoint["train_args"]["label_smoothing"]
+    sure = 1 - smoothing + smoothing / len(checkpoint["classes"])
+    try:
+        found = segment.find_digits(ink, level, read, sure, count, MAX_DIGITS)
+    except segment.TooManyDigits:
+        raise ImageError(f"more than {MAX_DIGITS} digits: crop it to one row of digits") from None
+    digits = [prepare(gray)] if len(found) == 1 else [prepared(mask) for mask, _ in found]
+    probabilities = class_probabilities(model, torch.stack(digits), normalization)
+    return [(digit, p, uncertain and len(found) > 1)
+            for digit, p, (_, uncertain) in zip(digits, probabilities, found)]
+
+
+def answer(digits, classes, count):
+    """The answer and its details: for one digit, `4` and `4 95.2%, 1 1.1%, 9 1.0%`
+    (its three likeliest); for a row, `941?0` and `9 91.0%, 4 88.2%, 1 90.3%, 1?
+    45.1%, 0 90.5%`: each digit's likeliest, a ? where the model or the cut is unsure."""
+    if len(digits) == 1 and count in (None, 1):
+        top = digits[0][1].topk(3)
+        return classes[top.indices[0]], ", ".join(
+            f"{classes[i]} {100 * p:.1f}%" for p, i in zip(top.values.tolist(),
+                                                           top.indices.tolist()))
+    text = "".join("?" if uncertain else classes[p.argmax()] for _, p, uncertain in digits)
+    each = ", ".join(f"{classes[p.argmax()]}{'?' if uncertain else ''} {100 * p.max():.1f}%"
+                     for _, p, uncertain in digits)
+    found = f"{len(digits)} digit{'s' if len(digits) > 1 else ''}"
+    return text, each + (f"; {found} found, not {count}" if count not in (None, len(digits))
+                         else "")
 
 
 def main(argv=None):
@@ -200,28 +257,26 @@ def main(argv=None):
     except CheckpointError as error:
         sys.exit(f"error: {error}")
     model.eval()
-    classes, normalization = checkpoint["classes"], checkpoint["normalization"]
+    classes = checkpoint["classes"]
     failed = 0
     for path in args.images:
         try:
             gray, original = read_image(path)
-            digit = prepare(gray)
+            digits = read_digits(gray, model, checkpoint, args.digits)
         except ImageError as error:  # one line, and on to the next image
             print(f"error: {path}: {error}", file=sys.stderr)
             failed += 1
             continue
-        probabilities = class_probabilities(model, digit, normalization)
-        top = probabilities.topk(3)
-        ranking = ", ".join(f"{classes[i]} {100 * p:.1f}%"
-                            for p, i in zip(top.values.tolist(), top.indices.tolist()))
-        answer = classes[top.indices[0].item()]
-        print(f"{path}: {answer}   ({ranking})")
+        read, details = answer(digits, classes, args.digits)
+        print(f"{path}: {read}   ({details})")
         if args.show:
             import pictures  # only here: importing matplotlib takes seconds
 
             name = os.path.splitext(os.path.basename(path))[0] + ".png"
-            figure = pictures.what_the_model_saw(original, (digit * 255).round().byte(),
-                                                 f"{os.path.basename(path)}: {ranking}")
+            caption = f"{os.path.basename(path)}: " + (
+                details if len(digits) == 1 else f"{read}   ({details})")
+            figure = pictures.what_the_model_saw(
+                original, [(digit * 255).round().byte() for digit, _, _ in digits], caption)
             pictures.save(figure, os.path.join(args.show, name))
     if failed:
         sys.exit(1)

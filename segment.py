@@ -1,0 +1,260 @@
+"""Find the digits in a row of handwriting (a ZIP code, a phone number, a
+student ID, written side by side), for predict.py and draw.py, which read each
+digit found as they read a single one.
+
+    ink = segment.ink_on_black(gray)          # paper black, ink white, even light
+    digits = segment.find_digits(ink, level, read)   # [(mask, uncertain)], left to right
+
+The ink falls apart into strokes that do not touch. Strokes above one another
+are one digit: a 5's bar, a 4 written in two strokes. A cluster too wide for
+one digit is cut along the paths from top to bottom that cross the least ink,
+and the model chooses among the cuttings: the one whose digits it reads most
+surely, the "heuristic over-segmentation" of LeCun, Bottou, Bengio and Haffner
+(1998, section V), which read ZIP codes and cheques this way.
+"""
+
+import torch
+import torch.nn.functional as F
+
+# The ink: at least a quarter as bright as the brightest strokes (as predict.prepare's).
+INK = 0.25
+# The paper's light is estimated at most this many pixels a side, and the
+# digits are found at most SEGMENT_SIZE a side (a 1 to 2-pixel gap between
+# digits on a 1,024-pixel photo may close): both far quicker than at full size.
+PAPER_SIZE, SEGMENT_SIZE = 128, 512
+# Strokes of fewer pixels than 2 % of the largest are specks of dust or noise.
+SPECK = 0.02
+# Strokes lower than 0.4 of the tallest are marks, not digits: part of the digit
+# they lie within (a 5's bar), else left out (a hyphen, a dot).
+MARK = 0.4
+# Strokes whose widths overlap by half the narrower one are one digit.
+SAME_DIGIT = 0.5
+# Measured in the row's height: a cluster wider than WIDE may hold several
+# digits (99 % of MNIST's digits are at most 1.4 times as wide as high, half
+# at most 0.8); a digit cut from it is NARROWEST to WIDEST wide; a cut path
+# starts every STEP and strays at most BAND from its start; one that crosses
+# more ink than THICK cut through strokes, not between digits.
+WIDE, NARROWEST, WIDEST, STEP, BAND, THICK = 1.0, 0.1, 1.6, 0.05, 0.25, 0.25
+# A cutting scores the sum of its digits' log surety (a digit's probability
+# over the most its model gives: below 1 with label smoothing), plus PER_DIGIT
+# for each digit (two sure digits then outscore the two read as one), less
+# CUT_COST for each row-height of ink its cuts cross (cutting a 0 in two
+# crosses two strokes). A digit less sure than UNSURE is reported as uncertain.
+# (Chosen on rows of a model's validation digits: zipcodes.py --split val.)
+PER_DIGIT, CUT_COST, UNSURE = 0.2, 2.0, 0.55
+
+
+class TooManyDigits(Exception):
+    """More digits than asked to read at most."""
+
+
+def opening(image, size):
+    """The grey-level opening of `image` [H, W]: the minimum over each size x
+    size square, then the maximum. Strokes narrower than `size` are removed;
+    light that changes smoothly across the page is kept as it is, to its edges
+    (the image is extended by its edge values first: a square cut short by an
+    edge would take the minimum of a slope from its lower side only)."""
+    reach = size // 2
+
+    def max_filter(x):  # along the rows, then the columns: far faster than a square
+        x = F.max_pool1d(x[:, None], size, stride=1)[:, 0]
+        return F.max_pool1d(x.T[:, None], size, stride=1)[:, 0].T
+    extended = F.pad(image[None], (2 * reach,) * 4, mode="replicate")[0]
+    return max_filter(-max_filter(-extended))
+
+
+def ink_on_black(gray):
+    """Grey levels [H, W] in [0, 1] -> the ink's brightness above the paper:
+    light paper inverted, then the paper itself (the opening of the image,
+    smoothed so that noise does not pull it down, and shrunk to at most
+    PAPER_SIZE pixels a side, as light changes slowly) taken away, shadows and
+    uneven light with it."""
+    border = torch.cat([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
+    if border.median() > 0.5:
+        gray = 1 - gray
+    smooth = F.avg_pool2d(gray[None], 5, stride=1, padding=2, count_include_pad=False)
+    shrink = -(-max(gray.shape) // PAPER_SIZE)
+    small = F.avg_pool2d(smooth, shrink, ceil_mode=True)[0]
+    paper = opening(small, min(small.shape) // 2 * 2 + 1)
+    paper = F.interpolate(paper[None, None], size=gray.shape, mode="bilinear")[0, 0]
+    return (gray - paper).clamp(min=0)
+
+
+def label_strokes(mask):
+    """Each pixel of `mask` [H, W] labelled with the smallest flat index among
+    the pixels it touches through others (8 neighbours). By hand: none of our
+    libraries labels connected components (scipy.ndimage would). Each round,
+    every pixel's label points its label's pixel at the smallest label next to
+    it, then labels jump along those pointers: a few rounds, not one per pixel
+    of the longest stroke."""
+    height, width = mask.shape
+    none = height * width  # the background's label, past every pixel's
+    labels = torch.where(mask, torch.arange(none).view(height, width), none).flatten()
+    labels = torch.cat([labels, torch.tensor([none])])  # labels[none] = none
+    inked = mask.flatten().nonzero()[:, 0]
+    while True:
+        grid = labels[:-1].view(1, height, width).float()  # exact: indices below 2**24
+        smallest = -F.max_pool2d(-grid, 3, stride=1, padding=1).flatten()[inked].long()
+        before = labels.clone()
+        labels.scatter_reduce_(0, labels[inked], smallest, "amin")
+        labels[inked] = torch.minimum(labels[inked], smallest)
+        while not torch.equal(jumped := labels[labels], labels):
+            labels = jumped
+        if torch.equal(labels, before):
+            return labels[:-1].view(height, width)
+
+
+def clusters(mask):
+    """The mask's digits or clusters of touching digits, left to right: a mask
+    and a box (x0, y0, x1, y1) each; and the row's height, their median."""
+    labels = label_strokes(mask)
+    ys, xs = mask.nonzero().T
+    ids, which = labels[ys, xs].unique(return_inverse=True)
+
+    def per_stroke(values, how):
+        return torch.zeros(len(ids), dtype=torch.long).scatter_reduce(
+            0, which, values, how, include_self=False).tolist()
+    boxes = list(zip(per_stroke(xs, "amin"), per_stroke(ys, "amin"),
+                     [x + 1 for x in per_stroke(xs, "amax")],
+                     [y + 1 for y in per_stroke(ys, "amax")]))
+    sizes = torch.bincount(which).tolist()
+    strokes = [(i, box) for i, box, size in zip(ids.tolist(), boxes, sizes)
+               if size >= SPECK * max(sizes)]
+    tallest = max(box[3] - box[1] for _, box in strokes)
+    found = []  # [[stroke ids], box], the widest strokes first
+    for i, box in sorted(strokes, key=lambda stroke: stroke[1][0] - stroke[1][2]):
+        if box[3] - box[1] < MARK * tallest:
+            continue
+        overlaps = [min(box[2], other[2]) - max(box[0], other[0]) for _, other in found]
+        best = max(range(len(found)), key=overlaps.__getitem__, default=None)
+        if best is not None and overlaps[best] >= SAME_DIGIT * min(
+                box[2] - box[0], found[best][1][2] - found[best][1][0]):
+            found[best] = [found[best][0] + [i], joined(found[best][1], box)]
+        else:
+            found.append([[i], box])
+    height = sorted(box[3] - box[1] for _, box in found)[len(found) // 2]
+    for i, box in strokes:  # the marks, each with the digit it lies within
+        if box[3] - box[1] < MARK * tallest:
+            x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+            margin = 0.1 * height
+            for digit in found:
+                x0, y0, x1, y1 = digit[1]
+                if x0 - margin <= x <= x1 + margin and y0 - margin <= y <= y1 + margin:
+                    digit[0].append(i)
+                    digit[1] = joined(digit[1], box)
+                    break
+    found.sort(key=lambda digit: digit[1][0])
+    return [(torch.isin(labels, torch.tensor(i)), box) for i, box in found], height
+
+
+def joined(box, other):
+    return (min(box[0], other[0]), min(box[1], other[1]),
+            max(box[2], other[2]), max(box[3], other[3]))
+
+
+def cut_paths(mask, starts, band):
+    """For each start column, the path from the top of `mask` [H, W] to its
+    bottom that crosses the fewest inked pixels, moving at most one column a row
+    (a diagonal step costs a tenth of an inked pixel: straight paths win ties)
+    and staying within `band` columns of its start: its columns [K, H], and
+    the inked pixels it crosses [K]."""
+    height, width = mask.shape
+    away = (torch.arange(width)[None] - torch.tensor(starts)[:, None]).abs() > band
+    ink = mask.float()
+    cost = torch.where(away, torch.inf, ink[0])
+    steps = torch.empty(height, len(starts), width, dtype=torch.long)
+    for y in range(1, height):  # dynamic programming, a row at a time
+        padded = F.pad(cost, (1, 1), value=torch.inf)
+        cheapest, steps[y] = torch.stack([padded[:, :-2] + 0.1, padded[:, 1:-1],
+                                          padded[:, 2:] + 0.1]).min(dim=0)
+        cost = torch.where(away, torch.inf, cheapest + ink[y])
+    x = cost.argmin(dim=1)
+    paths = torch.empty(len(starts), height, dtype=torch.long)
+    paths[:, -1] = x
+    for y in range(height - 1, 0, -1):  # back along the cheapest steps
+        x = x + steps[y].gather(1, x[:, None])[:, 0] - 1
+        paths[:, y - 1] = x
+    return paths, ink[torch.arange(height), paths].sum(dim=1)
+
+
+def cuttings(mask, box, height, read, sure, narrow_too=False):
+    """The best ways to cut one cluster into digits: {number of digits:
+    (score, [(mask, uncertain)])}. A cluster no wider than a digit is one,
+    unless `narrow_too` (a count of digits to reach)."""
+    x0, y0, x1, y1 = box
+    width = x1 - x0
+    region = mask[y0:y1, x0:x1]
+    edge = round(NARROWEST * height)
+    starts = list(range(edge, width - edge + 1, max(1, round(STEP * height)))) \
+        if narrow_too or width > WIDE * height else []
+    cuts = [(torch.zeros(y1 - y0, dtype=torch.long), 0.0)]
+    if starts:
+        paths, ink = cut_paths(region, starts, max(1, round(BAND * height)))
+        for k in range(len(starts)):  # where the ink crossed is least, locally
+            if (k == 0 or ink[k] <= ink[k - 1]) and (k + 1 == len(starts) or ink[k] <= ink[k + 1]):
+                if (paths[k] - cuts[-1][0]).abs().float().mean() >= 2:  # not a path already had
+                    cuts.append((torch.maximum(paths[k], cuts[-1][0]), ink[k].item()))
+    cuts.append((torch.full((y1 - y0,), width), 0.0))
+    middles = [path.float().mean().item() for path, _ in cuts]
+    columns = torch.arange(width)[None]
+    pieces = {}  # (i, j): the ink between cuts i and j
+    for i in range(len(cuts)):
+        for j in range(i + 1, len(cuts)):
+            if (i, j) == (0, len(cuts) - 1) or (
+                    NARROWEST * height <= middles[j] - middles[i] <= WIDEST * height):
+                piece = region & (columns >= cuts[i][0][:, None]) & (columns < cuts[j][0][:, None])
+                if piece.any():
+                    whole = torch.zeros_like(mask)
+                    whole[y0:y1, x0:x1] = piece
+                    pieces[i, j] = whole
+    surety = dict(zip(pieces, (read(list(pieces.values())).max(dim=1).values / sure).tolist()))
+    best = {(0, 0): (0.0, [])}  # (cut, digits so far): the best score and its pieces
+    for j in range(1, len(cuts)):
+        for (i, count), (score, chosen) in list(best.items()):
+            if i < j and (i, j) in pieces:
+                candidate = (score + torch.tensor(surety[i, j]).log().item()
+                             - CUT_COST * cuts[j][1] / height, chosen + [(i, j)])
+                if candidate[0] > best.get((j, count + 1), (-torch.inf,))[0]:
+                    best[j, count + 1] = candidate
+    thick = THICK * height
+    return {count: (score, [(pieces[i, j], surety[i, j] < UNSURE or cuts[i][1] > thick
+                             or cuts[j][1] > thick) for i, j in chosen])
+            for (end, count), (score, chosen) in best.items() if end == len(cuts) - 1}
+
+
+def find_digits(ink, level, read, sure=1.0, count=None, most=20):
+    """The digits in a row, left to right: [(mask, uncertain)]. `ink` is
+    ink_on_black's, `level` its brightness; read(masks) gives the model's
+    probabilities [N, classes] for the ink under each mask; `sure` is the
+    highest probability the model gives. With `count`, exactly that many
+    digits if the ink can be cut so; more than `most`: TooManyDigits."""
+    smooth = F.avg_pool2d(ink[None], 3, stride=1, padding=1, count_include_pad=False)[0]
+    inked = smooth >= INK * level
+    shrink = -(-max(inked.shape) // SEGMENT_SIZE)
+    small = F.max_pool2d(inked[None].float(), shrink, ceil_mode=True)[0] > 0
+    found, height = clusters(small)
+    if len(found) > most or sum(box[2] - box[0] for _, box in found) > most * WIDEST * height:
+        raise TooManyDigits(f"more than {most} digits")
+
+    def full_size(mask):
+        return mask.repeat_interleave(shrink, 0).repeat_interleave(shrink, 1)[
+            :inked.shape[0], :inked.shape[1]] & inked
+
+    options = [cuttings(mask, box, height, lambda masks: read([full_size(m) for m in masks]),
+                        sure, count is not None) for mask, box in found]
+    if count is None:  # each cluster cut as it reads best
+        chosen = [piece for cluster in options for piece in max(
+            cluster.values(), key=lambda option: option[0] + PER_DIGIT * len(option[1]))[1]]
+    else:
+        totals = {0: (0.0, [])}  # digits so far: the best score and its pieces
+        for cluster in options:
+            more = {}
+            for total, (score, pieces) in totals.items():
+                for n, (gain, added) in cluster.items():
+                    if total + n <= count and score + gain > more.get(total + n, (-torch.inf,))[0]:
+                        more[total + n] = (score + gain, pieces + added)
+            totals = more
+        if count not in totals:  # as many as can be found
+            return find_digits(ink, level, read, sure, most=most)
+        chosen = totals[count][1]
+    return [(full_size(mask), uncertain) for mask, uncertain in chosen]
