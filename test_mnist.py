@@ -2765,7 +2765,8 @@ def test_the_cut_crosses_the_least_ink():
     assert (paths[:, 1:] - paths[:, :-1]).abs().max() <= 1  # a column a row at most
 
 
-def test_a_row_of_digits_is_read_digit_by_digit(capsys, drawn_digit_model, tmp_path):
+def test_a_row_of_digits_is_read_digit_by_digit(capsys, drawn_digit_model, tmp_path, pictures,
+                                                monkeypatch):
     rng = random.Random(1)
     paths, truths = [], []
     for n in range(8):  # drawn and photographed-looking, apart
@@ -2775,18 +2776,25 @@ def test_a_row_of_digits_is_read_digit_by_digit(capsys, drawn_digit_model, tmp_p
                                    photographed=n % 2))
         paths.append(path)
         truths.append("".join(map(str, digits)))
+    strokes, size = row_strokes([2, 0, 2, 6], rng, 100, [0.3] * 3)  # white ink on black
+    paths.append(tmp_path / "light_on_dark.png")
+    ImageOps.invert(drawing(strokes, 9, size)).save(paths[-1])
+    truths.append("2026")
     code, stdout, err = run(capsys, predict, drawn_digit_model, *paths)
     assert code == 0, err
     lines = stdout.splitlines()
     assert [line.split(": ")[0] for line in lines] == list(map(str, paths))
-    assert sum(line.split()[1] == truth for line, truth in zip(lines, truths)) >= 7
+    assert sum(line.split()[1] == truth for line, truth in zip(lines, truths)) >= 8
+    assert lines[-1].split()[1] == "2026"
     for line in lines:  # each digit's likeliest, in order
         each = re.findall(r"(\d)\?? \d+\.\d%", line)
         assert "".join(each) == line.split()[1].replace("?", "") or "?" in line
         assert len(each) == len(line.split()[1])
+    figures = []
+    monkeypatch.setattr(pictures, "save", lambda figure, path: figures.append(figure))
     code, _, err = run(capsys, predict, drawn_digit_model, paths[0], "--show", tmp_path / "seen")
     assert code == 0, err
-    assert Image.open(tmp_path / "seen" / "row0.png").format == "PNG"
+    assert len(figures[0].axes) == 1 + len(lines[0].split()[1])  # the image, and each digit
 
 
 def test_a_digit_of_two_strokes_is_one_and_a_hyphen_is_left_out(drawn_digit_model):
