@@ -13,6 +13,8 @@ surely, the "heuristic over-segmentation" of LeCun, Bottou, Bengio and Haffner
 (1998, section V), which read ZIP codes and cheques this way.
 """
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -212,8 +214,8 @@ def cuttings(mask, box, height, read, sure, narrow_too=False):
     for j in range(1, len(cuts)):
         for (i, count), (score, chosen) in list(best.items()):
             if i < j and (i, j) in pieces:
-                candidate = (score + torch.tensor(surety[i, j]).log().item()
-                             - CUT_COST * cuts[j][1] / height, chosen + [(i, j)])
+                candidate = (score + math.log(surety[i, j]) - CUT_COST * cuts[j][1] / height,
+                             chosen + [(i, j)])
                 if candidate[0] > best.get((j, count + 1), (-torch.inf,))[0]:
                     best[j, count + 1] = candidate
     thick = THICK * height
