@@ -193,15 +193,15 @@ def what_the_model_saw(original, prepared, caption):
         figure = Figure(figsize=(7, 3.6))
         left, right = figure.subplots(1, 2)
         digits = [right]
+        left.set_title("as given", fontsize=9)
         right.set_title("28 x 28, as the model sees it", fontsize=9)
-    else:
+    else:  # the image under the caption, the digits under it
         figure = Figure(figsize=(max(7, 1.1 * len(prepared)), 4.4))
         top, bottom = figure.subfigures(2, 1, height_ratios=[2.4, 1])
         left = top.subplots()
         digits = bottom.subplots(1, len(prepared))
         bottom.suptitle("each digit found, 28 x 28, as the model sees it", fontsize=9)
     left.imshow(original, cmap="gray" if original.mode in ("L", "1") else None)
-    left.set_title("as given", fontsize=9)
     for axes, digit in zip(digits, prepared):
         axes.imshow(digit.numpy(), cmap="gray", vmin=0, vmax=255)
     for axes in (left, *digits):

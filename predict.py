@@ -226,7 +226,8 @@ def read_digits(gray, model, checkpoint, count=None):
     try:
         found = segment.find_digits(ink, level, read, sure, count, MAX_DIGITS)
     except segment.TooManyDigits:
-        raise ImageError(f"more than {MAX_DIGITS} digits: crop it to one row of digits") from None
+        raise ImageError(f"more than {MAX_DIGITS} digits: a row of at most {MAX_DIGITS} is read "
+                         f"(crop the image to fewer)") from None
     digits = [prepare(gray)] if len(found) == 1 else [prepared(mask) for mask, _ in found]
     probabilities = class_probabilities(model, torch.stack(digits), normalization)
     return [(digit, p, uncertain and len(found) > 1)

@@ -3,7 +3,7 @@ MNIST's test digits, read as predict.py reads a photo.
 
     python zipcodes.py model.pt                 # 2,000 rows: every test digit once
     python zipcodes.py model.pt --digits 5      # told that each row holds 5
-    python zipcodes.py model.pt --save rows/    # also the first 20 rows as images
+    python zipcodes.py model.pt --save rows/    # also the first 20 rows, and their readings
 
 Each row is 5 test digits side by side, each enlarged 2.4 to 3.75 times (so
 heights differ by up to half), its baseline moved by up to an eighth of the
@@ -50,7 +50,8 @@ def parse_args(argv=None):
                              "validation digits, held out of its training")
     parser.add_argument("--seed", type=int, default=0, help="the rows' random choices")
     parser.add_argument("--save", metavar="FOLDER", type=predict.output_folder,
-                        help="also save the first 20 rows as FOLDER/row<N>-<digits>.png/jpg")
+                        help="also save the first 20 rows as FOLDER/row<N>-<digits>-read-"
+                             "<reading>.png or .jpg (a ? in the reading as _)")
     return parser.parse_args(argv)
 
 
@@ -186,8 +187,9 @@ def main(argv=None):
         digits_right += DIGITS_PER_ROW - min(edit_distance(read, truth), DIGITS_PER_ROW)
         unsure.append(("?" in read, read == truth))
         by_gaps["touching" if "touching" in gaps else "apart"].append(read == truth)
-        if args.save and row < 20:
-            with open(f"{args.save}/row{row}-{truth}.{kind}", "wb") as f:
+        if args.save and row < 20:  # (a ? as _: Windows allows no ? in a file name)
+            with open(f"{args.save}/row{row}-{truth}-read-{read.replace('?', '_')}.{kind}",
+                      "wb") as f:
                 f.write(image)
         if (row + 1) % 200 == 0:
             print(f"  {row + 1:,} rows: {100 * strings_right / (row + 1):.1f}% read right",
