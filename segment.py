@@ -36,7 +36,7 @@ SAME_DIGIT = 0.5
 # at most 0.8); a digit cut from it is NARROWEST to WIDEST wide; a cut path
 # starts every STEP and strays at most BAND from its start; one that crosses
 # more ink than THICK cut through strokes, not between digits.
-WIDE, NARROWEST, WIDEST, STEP, BAND, THICK = 1.0, 0.1, 1.6, 0.05, 0.25, 0.25
+WIDE, NARROWEST, WIDEST, STEP, BAND, THICK = 0.85, 0.1, 1.6, 0.05, 0.25, 0.25
 # A cutting scores the sum of its digits' log surety (a digit's probability
 # over the most its model gives: below 1 with label smoothing), plus PER_DIGIT
 # for each digit (two sure digits then outscore the two read as one), less
