@@ -213,8 +213,9 @@ def read_digits(gray, model, checkpoint, count=None):
         raise NoInk("no ink found: the image looks blank (or the digit is too faint)")
     normalization = checkpoint["normalization"]
 
-    def prepared(mask):  # the mask widened by a pixel, for the strokes' soft edges
-        return prepare(ink * F.max_pool2d(mask[None].float(), 3, stride=1, padding=1)[0])
+    def prepared(mask):  # the mask widened by a pixel, for the strokes' soft edges;
+        # the ink scaled to the row's darkest, so a faint digit beside a dark one is ink too
+        return prepare(ink / level * F.max_pool2d(mask[None].float(), 3, stride=1, padding=1)[0])
 
     def read(masks):
         return class_probabilities(model, torch.stack([prepared(m) for m in masks]),
@@ -224,10 +225,10 @@ def read_digits(gray, model, checkpoint, count=None):
     smoothing = checkpoint["train_args"]["label_smoothing"]
     sure = 1 - smoothing + smoothing / len(checkpoint["classes"])
     try:
-        found = segment.find_digits(ink, level, read, sure, count, MAX_DIGITS)
+        found = segment.find_digits(ink, level, read, sure, MAX_DIGITS, count)
     except segment.TooManyDigits:
-        raise ImageError(f"more than {MAX_DIGITS} digits: a row of at most {MAX_DIGITS} is read "
-                         f"(crop the image to fewer)") from None
+        raise ImageError(f"more than {MAX_DIGITS} digits: a row of at most {MAX_DIGITS} "
+                         f"is read") from None
     digits = [prepare(gray)] if len(found) == 1 else [prepared(mask) for mask, _ in found]
     probabilities = class_probabilities(model, torch.stack(digits), normalization)
     return [(digit, p, uncertain and len(found) > 1)
@@ -243,7 +244,8 @@ def answer(digits, classes, count):
         return classes[top.indices[0]], ", ".join(
             f"{classes[i]} {100 * p:.1f}%" for p, i in zip(top.values.tolist(),
                                                            top.indices.tolist()))
-    text = "".join("?" if uncertain else classes[p.argmax()] for _, p, uncertain in digits)
+    apart = " " if any(len(name) > 1 for name in classes) else ""  # Fashion-MNIST's names
+    text = apart.join("?" if uncertain else classes[p.argmax()] for _, p, uncertain in digits)
     each = ", ".join(f"{classes[p.argmax()]}{'?' if uncertain else ''} {100 * p.max():.1f}%"
                      for _, p, uncertain in digits)
     found = f"{len(digits)} digit{'s' if len(digits) > 1 else ''}"

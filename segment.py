@@ -2,8 +2,9 @@
 student ID, written side by side), for predict.py and draw.py, which read each
 digit found as they read a single one.
 
-    ink = segment.ink_on_black(gray)          # paper black, ink white, even light
-    digits = segment.find_digits(ink, level, read)   # [(mask, uncertain)], left to right
+    ink = segment.ink_on_black(gray)    # paper black, ink white, even light
+    digits = segment.find_digits(ink, level, read, sure, most)
+    # [(mask, uncertain)], left to right; read(masks): the model's probabilities
 
 The ink falls apart into strokes that do not touch. Strokes above one another
 are one digit: a 5's bar, a 4 written in two strokes. A cluster too wide for
@@ -32,10 +33,11 @@ MARK = 0.4
 # Strokes whose widths overlap by half the narrower one are one digit.
 SAME_DIGIT = 0.5
 # Measured in the row's height: a cluster wider than WIDE may hold several
-# digits (99 % of MNIST's digits are at most 1.4 times as wide as high, half
-# at most 0.8); a digit cut from it is NARROWEST to WIDEST wide; a cut path
-# starts every STEP and strays at most BAND from its start; one that crosses
-# more ink than THICK cut through strokes, not between digits.
+# digits (the boxes of the ink of MNIST's 60,000 training digits: half are at
+# most 0.8 times as wide as high, 99 % at most 1.43); a digit cut from it is
+# NARROWEST to WIDEST wide; a cut path starts every STEP and strays at most
+# BAND from its start; one that crosses more ink than THICK cut through
+# strokes, not between digits.
 WIDE, NARROWEST, WIDEST, STEP, BAND, THICK = 0.85, 0.1, 1.6, 0.05, 0.25, 0.25
 # A cutting scores the sum of its digits' log surety (a digit's probability
 # over the most its model gives: below 1 with label smoothing), plus PER_DIGIT
@@ -182,7 +184,7 @@ def cut_paths(mask, starts, band):
 def cuttings(mask, box, height, read, sure, narrow_too=False):
     """The best ways to cut one cluster into digits: {number of digits:
     (score, [(mask, uncertain)])}. A cluster no wider than a digit is one,
-    unless `narrow_too` (a count of digits to reach)."""
+    unless `narrow_too` (set when a count of digits is to be reached)."""
     x0, y0, x1, y1 = box
     width = x1 - x0
     region = mask[y0:y1, x0:x1]
@@ -224,7 +226,7 @@ def cuttings(mask, box, height, read, sure, narrow_too=False):
             for (end, count), (score, chosen) in best.items() if end == len(cuts) - 1}
 
 
-def find_digits(ink, level, read, sure=1.0, count=None, most=20):
+def find_digits(ink, level, read, sure, most, count=None):
     """The digits in a row, left to right: [(mask, uncertain)]. `ink` is
     ink_on_black's, `level` its brightness; read(masks) gives the model's
     probabilities [N, classes] for the ink under each mask; `sure` is the
@@ -257,6 +259,8 @@ def find_digits(ink, level, read, sure=1.0, count=None, most=20):
                         more[total + n] = (score + gain, pieces + added)
             totals = more
         if count not in totals:  # as many as can be found
-            return find_digits(ink, level, read, sure, most=most)
+            return find_digits(ink, level, read, sure, most)
         chosen = totals[count][1]
+    if len(chosen) > most:  # clusters few and narrow enough, cut into more
+        raise TooManyDigits(f"more than {most} digits")
     return [(full_size(mask), uncertain) for mask, uncertain in chosen]

@@ -2825,6 +2825,42 @@ def test_touching_digits_are_cut_or_said_to_be_uncertain(drawn_digit_model):
         assert len(told) == len(digits)
 
 
+def test_a_faint_digit_beside_a_dark_one_is_read_too(drawn_digit_model):
+    strokes, size = row_strokes([0, 1], random.Random(5), 100, [0.4])
+    zero = len(strokes) - 1  # the 1 is one stroke
+    pencil = 1 - grey_levels(drawing(strokes[:zero], 9, size))
+    fainter = 1 - grey_levels(drawing(strokes[zero:], 9, size))
+    gray = 1 - torch.maximum(0.35 * pencil, 0.15 * fainter)  # the 1 under 0.2 of contrast
+    model, checkpoint = load_checkpoint(drawn_digit_model)
+    digits = predict.read_digits(gray, model, checkpoint)
+    assert predict.answer(digits, checkpoint["classes"], None)[0] == "01"
+
+
+def test_a_row_cut_into_more_than_the_most_digits_is_too_many():
+    height = 60
+    ink = torch.zeros(2 * height, 10 * height)
+    for cluster in range(2):  # two clusters of three blocks joined by thin bridges
+        left = round((0.5 + 2.5 * cluster) * height)
+        for block in range(3):
+            x = left + round(0.7 * height) * block
+            ink[30:90, x:x + 36] = 1
+            if block:
+                ink[59:61, x - 6:x] = 1
+
+    def read(masks):  # every piece read as sure as a model gets
+        return F.one_hot(torch.zeros(len(masks), dtype=torch.long), 10).float()
+
+    assert len(segment.find_digits(ink, 1.0, read, 1.0, 6)) == 6
+    with pytest.raises(segment.TooManyDigits):
+        segment.find_digits(ink, 1.0, read, 1.0, 5)  # two clusters, cut into six
+
+
+def test_a_row_of_class_names_is_answered_name_by_name():
+    digits = [(None, torch.tensor([0.9, 0.1]), False), (None, torch.tensor([0.2, 0.8]), True)]
+    assert predict.answer(digits, ["Coat", "Bag"], None) == ("Coat ?", "Coat 90.0%, Bag? 80.0%")
+    assert predict.answer(digits, ["0", "1"], None)[0] == "0?"
+
+
 def test_one_digit_alone_is_prepared_and_answered_as_ever(checkpoint, tmp_path):
     model, saved = load_checkpoint(checkpoint)
     for large in digit_drawings():
@@ -2878,6 +2914,12 @@ def test_zipcodes_py_reads_rows_of_test_digits_and_measures(capsys, checkpoint, 
     code, _, err = run(capsys, zipcodes, checkpoint, "--data-dir", mnist, "--split", "val",
                        "--rows", 1)
     assert code == 0, err
+    monkeypatch.setattr(predict, "read_digits", lambda *_: (_ for _ in ()).throw(
+        predict.NoInk("no ink found")))
+    code, stdout, err = run(capsys, zipcodes, checkpoint, "--data-dir", mnist, "--rows", 1)
+    assert code == 0 and re.search(r"row 0 \(\d{5}\): no ink found", stdout), err
+    assert re.search(r"rows read right: +0\.0%", stdout)
+    monkeypatch.undo()
     assert zipcodes.edit_distance("94110", "9410") == 1
     assert zipcodes.edit_distance("94110", "94?10") == 1
     assert zipcodes.edit_distance("94110", "19411") == 2

@@ -2,14 +2,15 @@
 MNIST's test digits, read as predict.py reads a photo.
 
     python zipcodes.py model.pt                 # 2,000 rows: every test digit once
-    python zipcodes.py model.pt --digits 5      # told that each row holds 5
+    python zipcodes.py model.pt --digits        # told that each row holds 5
     python zipcodes.py model.pt --save rows/    # also the first 20 rows, and their readings
 
 Each row is 5 test digits side by side, each enlarged 2.4 to 3.75 times (so
 heights differ by up to half), its baseline moved by up to an eighth of the
 height, after a gap that is apart (half the gaps), none (the digits' boxes
 meet: a quarter) or touching (the next digit moved left until its ink meets
-the last one's: a quarter). Half the rows are drawn (black on white), half
+the last one's: a quarter, less the few that cannot meet without overlapping
+by half, which stay box to box). Half the rows are drawn (black on white), half
 photographed-looking: grey paper and ink, light falling off across the page,
 noise, JPEG. The model's accuracy on the same digits alone, to the fifth
 power, is what perfect cutting would give. `--split val` reads the model's
@@ -172,20 +173,24 @@ def main(argv=None):
     order = order.repeat(-(-args.rows * DIGITS_PER_ROW // len(labels)))  # more rows than digits
     print(f"{args.rows:,} rows of {DIGITS_PER_ROW} {args.split} digits, read by "
           f"{args.checkpoint}" + (", told each holds 5" if args.digits else ""))
-    strings_right, digits_right, unsure, by_gaps = 0, 0, [], {"apart": [], "touching": []}
+    strings_right, digits_right, flagged_and_right = 0, 0, []
+    by_gaps = {"apart": [], "touching": []}  # rows with no digit moved to touch, and with
     used = order[:args.rows * DIGITS_PER_ROW]
     for row in range(args.rows):
         chosen = used[row * DIGITS_PER_ROW:(row + 1) * DIGITS_PER_ROW]
         truth = "".join(checkpoint["classes"][i] for i in labels[chosen].tolist())
         page, gaps = make_row(images[chosen], rng)
         image, kind = as_photographed(page, rng) if row % 2 else as_drawn(page)
-        gray, _ = predict.read_image(image)
-        digits = predict.read_digits(gray, model, checkpoint, args.digits)
-        read = "".join("?" if uncertain else checkpoint["classes"][p.argmax()]
-                       for _, p, uncertain in digits)
+        try:
+            digits = predict.read_digits(predict.read_image(image)[0], model, checkpoint,
+                                         args.digits)
+            read, _ = predict.answer(digits, checkpoint["classes"], args.digits)
+        except predict.ImageError as error:  # read as nothing: wrong, and said
+            print(f"  row {row} ({truth}): {error}")
+            read = ""
         strings_right += read == truth
         digits_right += DIGITS_PER_ROW - min(edit_distance(read, truth), DIGITS_PER_ROW)
-        unsure.append(("?" in read, read == truth))
+        flagged_and_right.append(("?" in read, read == truth))
         by_gaps["touching" if "touching" in gaps else "apart"].append(read == truth)
         if args.save and row < 20:  # (a ? as _: Windows allows no ? in a file name)
             with open(f"{args.save}/row{row}-{truth}-read-{read.replace('?', '_')}.{kind}",
@@ -194,22 +199,22 @@ def main(argv=None):
         if (row + 1) % 200 == 0:
             print(f"  {row + 1:,} rows: {100 * strings_right / (row + 1):.1f}% read right",
                   flush=True)
-    with torch.no_grad():
-        alone = predict.class_probabilities(model, images[used].float() / 255,
-                                            checkpoint["normalization"]).argmax(dim=1)
+    alone = predict.class_probabilities(model, images[used].float() / 255,
+                                        checkpoint["normalization"]).argmax(dim=1)
     single = (alone == labels[used]).float().mean().item()
-    sure = [right for flagged, right in unsure if not flagged]
+    right_unflagged = [right for flagged, right in flagged_and_right if not flagged]
     print(f"\nrows read right:   {100 * strings_right / args.rows:5.1f}%   (the digits alone, "
           f"to the fifth power: {100 * single ** DIGITS_PER_ROW:.1f}%)")
     print(f"digits read right: {100 * digits_right / DIGITS_PER_ROW / args.rows:5.1f}%   "
           f"(1 - edit distance / 5; the digits alone: {100 * single:.2f}%)")
-    for name, rights in (("no touching digits", by_gaps["apart"]),
-                         ("touching digits", by_gaps["touching"])):
+    for name, rights in (("no digits moved to touch", by_gaps["apart"]),
+                         ("digits moved to touch", by_gaps["touching"])):
         if rights:
             print(f"  rows with {name}: {100 * sum(rights) / len(rights):.1f}% of "
                   f"{len(rights):,}")
-    print(f"rows with a ? (a digit the reader is unsure of): {len(unsure) - len(sure):,}; "
-          f"of the others, {100 * sum(sure) / max(1, len(sure)):.1f}% read right")
+    flagged = len(flagged_and_right) - len(right_unflagged)
+    print(f"rows with a ? (a digit the reader is unsure of): {flagged:,}; of the others, "
+          f"{100 * sum(right_unflagged) / max(1, len(right_unflagged)):.1f}% read right")
 
 
 if __name__ == "__main__":
