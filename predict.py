@@ -76,7 +76,8 @@ def parse_args(argv=None):
                              "before a GPU would have started), auto, cuda, cuda:N, mps, ...")
     parser.add_argument("--show", metavar="FOLDER", type=output_folder,
                         help="save, for each image, the image beside the 28 x 28 digits the "
-                             "model saw, as FOLDER/<name>.png")
+                             "model saw, as FOLDER/<name>.png (<name>-2.png for a second "
+                             "image of that name)")
     parser.add_argument("--digits", type=cli.number(int, lambda n: 1 <= n <= MAX_DIGITS,
                                                     f"a whole number in [1, {MAX_DIGITS}]"),
                         help="how many digits each image holds (a ZIP code: 5), so that "
@@ -102,6 +103,8 @@ def read_image(source):
                              f"photo of a digit; crop it first")
         image.draft("L", (WORKING_SIZE, WORKING_SIZE))  # JPEG: decode at a reduced size
         image = ImageOps.exif_transpose(image)  # phones store rotation apart
+        if image.mode.startswith("I;16"):  # a scanner's 16-bit grey: 0-65535
+            image = image.convert("I").point(lambda value: value / 257)  # convert("L") clips
         if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
             image = image.convert("RGBA")
             if image.getchannel("A").getextrema()[0] < 255:  # (a canvas is opaque)
@@ -221,7 +224,8 @@ def read_digits(gray, model, checkpoint, count=None):
         return class_probabilities(model, torch.stack([prepared(m) for m in masks]),
                                    normalization)
 
-    # The most sure a model gets: 1, less with label smoothing.
+    # The probability training aimed the right class at: 1, less with label
+    # smoothing (0.91 at the default 0.1; a clear digit may still get more).
     smoothing = checkpoint["train_args"]["label_smoothing"]
     sure = 1 - smoothing + smoothing / len(checkpoint["classes"])
     try:
@@ -258,10 +262,13 @@ def main(argv=None):
     try:
         model, checkpoint = load_checkpoint(args.checkpoint, args.device)
     except CheckpointError as error:
-        sys.exit(f"error: {error}")
+        swapped = os.path.splitext(args.checkpoint)[1].lower() in (".png", ".jpg", ".jpeg")
+        sys.exit(f"error: {error}" + (f"; the model file comes first: python predict.py "
+                                      f"model.pt {args.checkpoint}" if swapped else ""))
     model.eval()
     classes = checkpoint["classes"]
     failed = 0
+    shown = set()  # --show's file names so far
     for path in args.images:
         try:
             gray, original = read_image(path)
@@ -275,7 +282,12 @@ def main(argv=None):
         if args.show:
             import pictures  # only here: importing matplotlib takes seconds
 
-            name = os.path.splitext(os.path.basename(path))[0] + ".png"
+            stem = os.path.splitext(os.path.basename(path))[0]
+            name, copy = stem + ".png", 1
+            while name in shown:  # photos of one name from two folders: both kept
+                copy += 1
+                name = f"{stem}-{copy}.png"
+            shown.add(name)
             caption = f"{os.path.basename(path)}: " + (
                 details if len(digits) == 1 else f"{read}   ({details})")
             figure = pictures.what_the_model_saw(

@@ -2150,10 +2150,15 @@ def huge_png(path, width, height):
                      + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
 
 
-def test_an_image_given_without_the_model_is_told_to_come_after_it(capsys):
+def test_an_image_given_without_the_model_is_told_to_come_after_it(capsys, checkpoint,
+                                                                     tmp_path):
     code, _, err = run(capsys, predict, "photo.jpg")
     assert_one_line_error(code, err, "give the model file first",
                           "python predict.py model.pt photo.jpg")
+    as_photo(digit_drawings()[4], tmp_path / "photo.jpg")  # the two swapped
+    code, _, err = run(capsys, predict, tmp_path / "photo.jpg", checkpoint)
+    assert_one_line_error(code, err, "not a readable checkpoint", "the model file comes first: "
+                          f"python predict.py model.pt {tmp_path / 'photo.jpg'}")
 
 
 def test_bad_images_are_one_line_each_and_the_good_ones_still_answered(
@@ -2690,6 +2695,29 @@ def test_a_digit_drawn_on_transparent_paper_is_read_as_on_white():
         gray, _ = predict.read_image(png(image))
         assert torch.equal(predict.prepare(gray),
                            predict.prepare(grey_levels(on_white)))
+
+
+def test_a_16_bit_grey_scan_is_read_as_its_8_bit_form():
+    on_paper = drawing(pen_strokes(7, random.Random(7), 400), 12, 400).point(
+        lambda value: 30 + value * 200 // 255)  # grey ink on grey paper, as scanned
+    sixteen_bit = on_paper.convert("I").point(lambda value: value * 257).convert("I;16")
+    assert Image.open(BytesIO(png(sixteen_bit))).mode == "I;16"
+    gray, _ = predict.read_image(png(sixteen_bit))
+    assert torch.equal(gray, grey_levels(on_paper))
+
+
+def test_show_keeps_each_of_two_images_of_one_name(capsys, checkpoint, tmp_path, pictures,
+                                                   monkeypatch):
+    for folder in ("monday", "tuesday"):
+        (tmp_path / folder).mkdir()
+        as_photo(digit_drawings()[3], tmp_path / folder / "digit.jpg")
+    saved = []
+    monkeypatch.setattr(pictures, "save", lambda figure, path: saved.append(path))
+    code, _, err = run(capsys, predict, checkpoint, tmp_path / "monday" / "digit.jpg",
+                       tmp_path / "tuesday" / "digit.jpg", "--show", tmp_path / "seen")
+    assert code == 0, err
+    assert saved == [os.path.join(tmp_path / "seen", name) for name in ("digit.png",
+                                                                        "digit-2.png")]
 
 
 def test_the_stroke_width_is_the_pen_s():
