@@ -40,10 +40,10 @@ SAME_DIGIT = 0.5
 # strokes, not between digits.
 WIDE, NARROWEST, WIDEST, STEP, BAND, THICK = 0.85, 0.1, 1.6, 0.05, 0.25, 0.25
 # A cutting scores the sum of its digits' log surety (a digit's probability
-# over the one its training aimed at, less than 1 with label smoothing), plus PER_DIGIT
-# for each digit (two sure digits then outscore the two read as one), less
-# CUT_COST for each row-height of ink its cuts cross (cutting a 0 in two
-# crosses two strokes). A digit less sure than UNSURE is reported as uncertain.
+# over the one its training aimed at: below 1 with label smoothing), plus
+# PER_DIGIT for each digit (two sure digits then outscore the two read as
+# one), less CUT_COST for each row-height of ink its cuts cross (cutting a 0
+# in two crosses two strokes). A digit less sure than UNSURE is reported as uncertain.
 # (Chosen on rows of a model's validation digits: zipcodes.py --split val.)
 PER_DIGIT, CUT_COST, UNSURE = 0.2, 2.0, 0.55
 
@@ -230,8 +230,9 @@ def find_digits(ink, level, read, sure, most, count=None):
     """The digits in a row, left to right: [(mask, uncertain)]. `ink` is
     ink_on_black's, `level` its brightness; read(masks) gives the model's
     probabilities [N, classes] for the ink under each mask; `sure` is the
-    probability the model's training aimed the right class at. With `count`, exactly that many
-    digits if the ink can be cut so; more than `most`: TooManyDigits."""
+    probability the model's training aimed the right class at. With `count`,
+    exactly that many digits if the ink can be cut so; more than `most`:
+    TooManyDigits."""
     smooth = F.avg_pool2d(ink[None], 3, stride=1, padding=1, count_include_pad=False)[0]
     inked = smooth >= INK * level
     shrink = -(-max(inked.shape) // SEGMENT_SIZE)
