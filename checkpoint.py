@@ -1,13 +1,22 @@
-"""The checkpoint train.py saves after every epoch, self-describing (load.py
-reads it back): the model's constructor arguments and weights, the input
+"""The checkpoint file, in one place: train.py saves it after every epoch
+(save_run), every script reads it back safely (load_checkpoint), and
+train.py --resume continues the run it holds (resumed_args, restore).
+
+Self-describing: the model's constructor arguments and weights, the input
 normalization, the data set and its classes, train.py's flags and per-epoch
 metrics, and until the run is finished the state --resume continues from.
 """
+
+import argparse
+import os
+import re
+import warnings
 
 import torch
 
 import cli
 import data
+from model import MLP
 
 CHECKPOINT_FORMAT = "mnist-mlp-checkpoint/2"
 # What a checkpoint holds besides "format", and of what type.
@@ -70,3 +79,137 @@ def training_state(model, averaged, optimizer, scheduler, generators):
             "random": random_states,
             "averaging": None if averaged is None else {"weights": model.state_dict(),
                                                         "steps": averaged.steps}}
+
+
+# ----------------------------------------------------------------------------
+# Reading it back: the model rebuilt from the file alone, no code in it run
+
+def load_checkpoint(path, device="cpu"):
+    """Rebuild the model from a checkpoint file alone. Returns (model, checkpoint).
+
+    weights_only=True restricts unpickling to tensors and plain data, so a
+    crafted file cannot run code here; it fails to load instead."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: " + ("is a directory, not a checkpoint file"
+                                             if os.path.isdir(path) else "no such file (python "
+                                             f"train.py --out {path} trains one)"))
+    try:
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # anything at all: this file is not one we can use
+        code = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if code:
+            raise CheckpointError(f"{path}: refused, it asks to import {code[1]}, which "
+                                  f"could run code; a checkpoint holds only tensors and "
+                                  f"plain data") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (empty, truncated, "
+                              f"corrupt or not a torch file)") from None
+    if not isinstance(checkpoint, dict) or not str(checkpoint.get("format")).startswith(
+            "mnist-mlp-checkpoint/"):
+        raise CheckpointError(f"{path}: a torch file, but not a checkpoint saved by train.py")
+    if checkpoint["format"] != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: saved by another version of train.py (format "
+                              f"{checkpoint['format']}, this one reads {CHECKPOINT_FORMAT}); "
+                              f"train the model again")
+    invalid = [name for name, kind in CHECKPOINT_FIELDS.items()
+               if not isinstance(checkpoint.get(name), kind)]
+    if invalid:
+        raise CheckpointError(f"{path}: a train.py checkpoint, but its {', '.join(invalid)} "
+                              f"{'is' if len(invalid) == 1 else 'are'} missing or invalid")
+    normalization = checkpoint["normalization"]
+    if not (all(isinstance(normalization.get(key), float) for key in ("mean", "std"))
+            and normalization["std"] > 0):
+        raise CheckpointError(f"{path}: the input normalization is missing or invalid")
+    try:
+        # Built on the meta device (shapes only, no memory), then given the stored
+        # tensors: a config asking for a huge model allocates nothing, and weights
+        # of the wrong shape are refused by load_state_dict.
+        with torch.device("meta"):
+            model = MLP(**checkpoint["config"])
+        model.load_state_dict(checkpoint["state_dict"], assign=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[-1].strip()
+        raise CheckpointError(f"{path}: the stored weights do not fit the stored model "
+                              f"({reason})") from None
+    return model.to(device), checkpoint
+
+
+# ----------------------------------------------------------------------------
+# Continuing the run it holds: train.py --resume
+
+class RefusedFlag(ValueError):
+    """A flag given with --resume that would change the stored run, or an output
+    of the run that cannot be written any more."""
+
+
+def resumed_args(args, given, may_change):
+    """For --resume: the flags stored in the checkpoint, but for those of
+    `may_change` among the `given` ones (where the data is read, the run written
+    and computed), and the checkpoint. Raises CheckpointError for a file that
+    cannot be resumed, RefusedFlag for a given flag that differs from the run's
+    own or an output that cannot be written."""
+    _, checkpoint = load_checkpoint(args.resume)
+    stored = checkpoint["train_args"]
+    if set(stored) != set(vars(args)):
+        raise CheckpointError(f"{args.resume}: saved by another version of train.py, whose "
+                              f"flags differ from this one's; start the run again")
+    for name, value in given.items():
+        if name not in may_change and value != stored[name]:
+            flag = cli.as_flag(name, value)
+            raise RefusedFlag(f"{flag} would change the run in {args.resume} "
+                              f"({cli.as_flag(name, stored[name])}), which --resume "
+                              f"continues as it was: leave {flag.split()[0]} out")
+    # Without --device, the run's own device if this machine has it (a CPU run
+    # stays on the CPU where there is a GPU too), else --device's default.
+    device = args.device
+    if "device" not in given:
+        try:
+            device = cli.device(stored["device"])
+        except argparse.ArgumentTypeError:
+            pass
+    args = argparse.Namespace(**{**stored, "device": device, "out": args.resume,
+                                 "resume": args.resume, **given})
+    # Its outputs, checked as a fresh run's are: a folder removed since fails now,
+    # not after an epoch has trained.
+    for name, flag in (("out", "--resume"), ("log", "--log")):
+        if getattr(args, name) is not None and name not in given:
+            try:
+                cli.output_file(getattr(args, name))
+            except argparse.ArgumentTypeError as error:
+                raise RefusedFlag(f"argument {flag}: {error}, where the run in "
+                                  f"{args.resume} writes") from None
+    return args, checkpoint
+
+
+def restore(checkpoint, args, model, averaged, optimizer, scheduler, generators):
+    """Put the run back where its checkpoint left it: weights (and their
+    average), optimizer, scheduler and random generators, so that the next epoch
+    draws the same shuffling, distortions and dropout, from the same weights, as
+    it would have in the run never interrupted. Returns the metrics so far."""
+    # A generator's state is only valid on its own kind of device: a run moved
+    # from a GPU to the CPU (or back) draws its distortions anew from here.
+    if (str(checkpoint["train_args"]["device"]).split(":")[0] != args.device.type
+            and "augmentation" in generators):
+        generators = {name: generators[name] for name in generators if name != "augmentation"}
+        print(f"note: the run moves from {checkpoint['train_args']['device']} to "
+              f"{args.device}; its distortions will differ from the run's own")
+    state = checkpoint["training_state"]
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+        if averaged is not None:  # the saved weights are the average
+            averaged.average.load_state_dict(model.state_dict())
+            model.load_state_dict(state["averaging"]["weights"])
+            averaged.steps = state["averaging"]["steps"]
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler:
+            scheduler.load_state_dict(state["scheduler"])
+        for name, generator in generators.items():
+            generator.set_state(state["random"][name])
+        torch.set_rng_state(state["random"]["torch"])
+        if torch.cuda.is_available() and "cuda" in state["random"]:
+            torch.cuda.set_rng_state_all(state["random"]["cuda"])
+    except (KeyError, TypeError, ValueError, RuntimeError):
+        raise CheckpointError(f"{args.resume}: its training state does not fit the run its "
+                              f"flags describe; nothing was trained") from None
+    return checkpoint["metrics"]

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import cli
 import data
-from load import CheckpointError, load_checkpoint
+from checkpoint import CheckpointError, load_checkpoint
 from model import logits_and_labels
 
 
@@ -101,7 +101,7 @@ def main(argv=None):
         cli.write_file(args.json, lambda f: f.write(json.dumps(metrics, indent=2).encode()))
         print(f"\nwrote {args.json}")
     if args.confusion or args.errors:
-        import pictures  # only now: importing matplotlib takes seconds
+        from lab import pictures  # only now: importing matplotlib takes seconds
 
     if args.confusion:
         pictures.save(pictures.confusion_heatmap(counts.cpu(), classes), args.confusion)

@@ -6,6 +6,7 @@ lesson is train_one_epoch: the training loop's six steps.
 """
 
 import argparse
+import copy
 import sys
 import time
 
@@ -54,6 +55,38 @@ def train_one_epoch(model, train_loader, loss_fn, optimizer, scheduler=None, bf1
         raise FloatingPointError(f"the loss reached {step_losses[step]:.3g} at step "
                                  f"{step + 1} of {len(step_losses)}")
     return step_losses.mean().item(), correct.item() / seen
+
+
+class MovingAverage:
+    """An exponential moving average of a model's weights (--ema): after the
+    first step a copy of the weights, after each further step
+    average <- decay * average + (1 - decay) * weights.
+    Averaging the weights of the last few thousand steps smooths out the noise
+    of the single steps.
+
+    Written by hand because torch.optim.swa_utils.AveragedModel, which computes
+    the same, copies its step count from the CPU to the GPU at every step, and
+    that copy makes the CPU wait for the GPU (measured: level with this one for
+    one run alone on a GPU, a fifth slower with six runs sharing it)."""
+
+    def __init__(self, model, decay, optimizer):
+        self.average = copy.deepcopy(model)  # the averaged model, validated and saved
+        self.decay = decay
+        self.steps = 0  # a Python number, so reading it never waits for a GPU
+        # Updated after every optimizer.step() by torch's own hook for it: the
+        # training loop needs no line for the average.
+        optimizer.register_step_post_hook(lambda *_: self.update(model))
+
+    @torch.no_grad()
+    def update(self, model):
+        # Parameters only: an MLP has no buffers (batch norm's running statistics
+        # would have to be copied or averaged too).
+        for average, weights in zip(self.average.parameters(), model.parameters()):
+            if self.steps == 0:
+                average.copy_(weights)
+            else:
+                average.lerp_(weights, 1 - self.decay)
+        self.steps += 1
 
 
 def validate(model, val_loader):
@@ -129,10 +162,6 @@ def make_parser():
     return parser
 
 
-# Where a run reads, writes and computes: --resume may change these; alone, none can idle.
-WHERE = ("data_dir", "device", "out", "log", "resume")
-
-
 def parse_args(argv=None):
     """The flags, and the checkpoint with --resume (else None)."""
     parser = make_parser()
@@ -140,10 +169,9 @@ def parse_args(argv=None):
     args.lr = given.get("lr", LEARNING_RATES[args.optimizer])
     resumed = None
     if args.resume is not None:
-        import resume  # only here: what continues a run
         try:
-            args, resumed = resume.resumed_args(args, given, may_change=WHERE)
-        except resume.RefusedFlag as error:
+            args, resumed = checkpoint.resumed_args(args, given, may_change=cli.WHERE_FLAGS)
+        except checkpoint.RefusedFlag as error:
             parser.error(str(error))
         except checkpoint.CheckpointError as error:
             sys.exit(f"error: {error}")
@@ -151,10 +179,9 @@ def parse_args(argv=None):
             print(f"{args.resume} is a finished run ({resumed['epochs_completed']} of "
                   f"{args.epochs} epochs): nothing to resume")
             sys.exit(0)
-    if resumed or set(given) - set(WHERE):  # the run's own flags, checked together
-        import train_flags
-        train_flags.refuse_conflicting_flags(parser, args)
-        for note in train_flags.notes(args, given):
+    if resumed or set(given) - set(cli.WHERE_FLAGS):  # the run's own flags, checked together
+        cli.refuse_conflicting_flags(parser, args)
+        for note in cli.notes(args, given):
             print(f"note: {note}")
     return args, resumed
 
@@ -199,7 +226,7 @@ def main(argv=None):
             name: getattr(args, name) for name in data.DISTORTION_DEFAULTS})
     train_set.transform = augmentation
     if args.show_augmentation:
-        import pictures  # only here: importing matplotlib takes seconds
+        from lab import pictures  # only here: importing matplotlib takes seconds
         return pictures.show_augmentation(args, train_set, normalization)
     shuffling = torch.Generator().manual_seed(args.seed)
     train_loader = data.make_loader(train_set, args.batch_size, shuffle=True, generator=shuffling)
@@ -211,7 +238,6 @@ def main(argv=None):
     scheduler = make_scheduler(optimizer, args, len(train_loader))
     averaged = None  # with --ema, the weights' moving average: validated and saved
     if args.ema:
-        from averaging import MovingAverage  # only here: a long run's option
         averaged = MovingAverage(model, args.ema, optimizer)
     kept_model = model if averaged is None else averaged.average
     generators = {"shuffling": shuffling}
@@ -220,8 +246,7 @@ def main(argv=None):
     history, saved_epoch = [], 0  # one dict of metrics per epoch; the epoch in args.out
     try:
         if resumed:  # the epochs done so far, and the state they left
-            import resume
-            history = resume.restore(resumed, args, model, averaged, optimizer, scheduler,
+            history = checkpoint.restore(resumed, args, model, averaged, optimizer, scheduler,
                                      generators)
             saved_epoch = len(history)
         print(f"training a {[28 * 28, *args.hidden, 10]} MLP with {args.optimizer} at --lr "

@@ -2,9 +2,9 @@
 written on paper, any size, dark ink on light paper or light on dark, or of a
 row of digits side by side (a ZIP code, a phone number: segment.py finds them).
 
-    python predict.py model.pt photo.jpg [more.png ...]
-    python predict.py model.pt photo.jpg --show seen/    # what the model saw
-    python predict.py model.pt zip.jpg --digits 5        # a row of 5 digits
+    python -m lab.predict model.pt photo.jpg [more.png ...]
+    python -m lab.predict model.pt photo.jpg --show seen/    # what the model saw
+    python -m lab.predict model.pt zip.jpg --digits 5        # a row of 5 digits
 
 Each image is prepared as the MNIST digits were (LeCun et al.): grey levels,
 background black and ink white, cropped to the ink, scaled so that its longer
@@ -15,10 +15,15 @@ prepared differently, the item filling the frame, so for a model trained on
 them this preparation is only a rough fit.)
 """
 
+import sys
+
+if not __package__:  # python lab/predict.py: Python would look for cli.py and the rest in lab/
+    sys.exit("run it from the project's folder as a module: python -m lab.predict "
+             + " ".join(sys.argv[1:]))
+
 import argparse
 import io
 import os
-import sys
 import tempfile
 import warnings
 
@@ -27,8 +32,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 import cli
-import segment
-from load import CheckpointError, load_checkpoint
+from checkpoint import CheckpointError, load_checkpoint
+from lab import segment
 
 # 100 megapixels (say 11,500 x 8,700) is more than a phone photo; anything larger
 # is not a photo of a digit, and decoding it could take gigabytes. (PIL itself
@@ -68,7 +73,9 @@ def output_folder(path):
 
 
 def parse_args(argv=None):
-    parser = cli.ArgumentParser(description="Classify your own images of digits (PNG or JPEG).")
+    parser = cli.ArgumentParser(
+        prog="python -m lab.predict",
+        description="Classify your own images of digits (PNG or JPEG).")
     parser.add_argument("checkpoint", help="a model file written by train.py, e.g. model.pt")
     parser.add_argument("images", nargs="*", help="PNG or JPEG files, any size")
     parser.add_argument("--device", type=cli.device, default="cpu",
@@ -84,8 +91,8 @@ def parse_args(argv=None):
                              "touching digits are cut into that many; by default as many as "
                              "the ink and the model make out")
     args = parser.parse_args(argv)
-    if not args.images:  # `python predict.py photo.jpg`: the photo was taken for the model
-        parser.error(f"give the model file first, then the images: python predict.py "
+    if not args.images:  # `python -m lab.predict photo.jpg`: the photo was taken for the model
+        parser.error(f"give the model file first, then the images: python -m lab.predict "
                      f"model.pt {args.checkpoint}")
     return args
 
@@ -163,6 +170,15 @@ def thicken(ink):
     return F.max_pool1d(ink.T[:, None], 2 * radius + 1, stride=1, padding=radius)[:, 0].T
 
 
+def ink_level(ink):
+    """The ink's brightness: the brightest 3 x 3 average, which a lone speck of
+    noise cannot reach; NoInk if it is too faint to be writing."""
+    level = brightest_3x3_average(ink)
+    if level < MIN_INK_CONTRAST:
+        raise NoInk("no ink found: the image looks blank (or the digit is too faint)")
+    return level
+
+
 def prepare(gray):
     """Grey levels [H, W] in [0, 1] -> a 28 x 28 digit in [0, 1] as MNIST's were:
     white ink on black, cropped, longer side 20 pixels, centred by mass."""
@@ -172,13 +188,10 @@ def prepare(gray):
     if border.median() > 0.5:
         gray = 1 - gray
     ink = (gray - border.median().clamp(max=0.5)).clamp(min=0)
-    # The ink's brightness: the brightest 3 x 3 average, which a lone speck of
-    # noise cannot reach. Scaled so that ink is 1; faint shadows dropped.
-    ink_level = brightest_3x3_average(ink)
-    if ink_level < MIN_INK_CONTRAST:
-        raise NoInk("no ink found: the image looks blank (or the digit is too faint)")
-    ink = (ink / ink_level).clamp(max=1)
-    ink[ink < 0.25] = 0
+    # Scaled so that the ink is 1; faint shadows dropped.
+    level = ink_level(ink)
+    ink = (ink / level).clamp(max=1)
+    ink[ink < segment.INK] = 0
     rows, columns = ink.sum(dim=1).nonzero(), ink.sum(dim=0).nonzero()
     ink = thicken(ink[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1])  # cropped to the ink
     height, width = ink.shape
@@ -211,9 +224,7 @@ def read_digits(gray, model, checkpoint, count=None):
     uncertain)]. One digit alone is the whole image prepared, as ever; in a row,
     each digit is its own ink on black, prepared the same way."""
     ink = segment.ink_on_black(gray)
-    level = brightest_3x3_average(ink)
-    if level < MIN_INK_CONTRAST:
-        raise NoInk("no ink found: the image looks blank (or the digit is too faint)")
+    level = ink_level(ink)
     normalization = checkpoint["normalization"]
 
     def prepared(mask):  # the mask widened by a pixel, for the strokes' soft edges;
@@ -263,7 +274,7 @@ def main(argv=None):
         model, checkpoint = load_checkpoint(args.checkpoint, args.device)
     except CheckpointError as error:
         swapped = os.path.splitext(args.checkpoint)[1].lower() in (".png", ".jpg", ".jpeg")
-        sys.exit(f"error: {error}" + (f"; the model file comes first: python predict.py "
+        sys.exit(f"error: {error}" + (f"; the model file comes first: python -m lab.predict "
                                       f"model.pt {args.checkpoint}" if swapped else ""))
     model.eval()
     classes = checkpoint["classes"]
@@ -280,7 +291,7 @@ def main(argv=None):
         read, details = answer(digits, classes, args.digits)
         print(f"{path}: {read}   ({details})")
         if args.show:
-            import pictures  # only here: importing matplotlib takes seconds
+            from lab import pictures  # only here: importing matplotlib takes seconds
 
             stem = os.path.splitext(os.path.basename(path))[0]
             name, copy = stem + ".png", 1

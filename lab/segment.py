@@ -19,7 +19,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-# The ink: at least a quarter as bright as the brightest strokes (as predict.prepare's).
+# The ink: at least a quarter as bright as the brightest strokes (a lone digit's too).
 INK = 0.25
 # The paper's light is estimated at most this many pixels a side, and the
 # digits are found at most SEGMENT_SIZE a side (a 1 to 2-pixel gap between

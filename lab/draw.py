@@ -1,8 +1,8 @@
 """Draw a digit in your browser and watch the network answer while you draw.
 
-    python draw.py model.pt                  # then open http://127.0.0.1:8000/
-    python draw.py model.pt --port 8080
-    python draw.py model.pt --host 0.0.0.0   # on purpose: anyone on your network may draw
+    python -m lab.draw model.pt                  # then open http://127.0.0.1:8000/
+    python -m lab.draw model.pt --port 8080
+    python -m lab.draw model.pt --host 0.0.0.0   # on purpose: anyone on your network may draw
 
 The page, draw.html, sends the canvas as a PNG to POST /predict as you draw. The
 drawing is prepared exactly as predict.py prepares a photo, and the answer holds
@@ -14,13 +14,18 @@ else, to a whole class at once if need be (crowd.py measures it), and it is
 meant for your own machine or your own network, not for the internet.
 """
 
+import sys
+
+if not __package__:  # python lab/draw.py: Python would look for cli.py and the rest in lab/
+    sys.exit("run it from the project's folder as a module: python -m lab.draw "
+             + " ".join(sys.argv[1:]))
+
 import errno
 import io
 import ipaddress
 import json
 import os
 import socket
-import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
@@ -30,8 +35,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 import cli
-import predict
-from load import CheckpointError, load_checkpoint
+from checkpoint import CheckpointError, load_checkpoint
+from lab import predict
 
 PAGE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "draw.html")
 # A 400 x 400 canvas is a PNG of about 14 KB (Chromium's; EXPERIMENTS.md), the
@@ -48,9 +53,11 @@ port = cli.number(int, lambda value: 0 <= value <= 65535, "a whole number in [0,
 
 
 def parse_args(argv=None):
-    parser = cli.ArgumentParser(description="Draw digits in your browser for a trained model. "
-                                "The model answers on the CPU: a drawing is one small image, "
-                                "answered there sooner than a GPU would take it.")
+    parser = cli.ArgumentParser(
+        prog="python -m lab.draw",
+        description="Draw digits in your browser for a trained model. "
+                    "The model answers on the CPU: a drawing is one small image, "
+                    "answered there sooner than a GPU would take it.")
     parser.add_argument("checkpoint", help="a model file written by train.py, e.g. model.pt")
     parser.add_argument("--port", type=port, default=8000,
                         help="the port to serve on (default 8000; 0 picks a free one)")

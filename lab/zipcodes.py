@@ -1,9 +1,9 @@
 """How well a model reads rows of digits it never saw: ZIP codes made of
 MNIST's test digits, read as predict.py reads a photo.
 
-    python zipcodes.py model.pt                 # 2,000 rows: every test digit once
-    python zipcodes.py model.pt --digits        # told that each row holds 5
-    python zipcodes.py model.pt --save rows/    # also the first 20 rows, and their readings
+    python -m lab.zipcodes model.pt                 # 2,000 rows: every test digit once
+    python -m lab.zipcodes model.pt --digits        # told that each row holds 5
+    python -m lab.zipcodes model.pt --save rows/    # also the first 20 rows, and their readings
 
 Each row is 5 test digits side by side, each enlarged 2.4 to 3.75 times (so
 heights differ by up to half), its baseline moved by up to an eighth of the
@@ -17,10 +17,15 @@ power, is what perfect cutting would give. `--split val` reads the model's
 own validation digits instead: segment.py's constants were chosen there.
 """
 
+import sys
+
+if not __package__:  # python lab/zipcodes.py: Python would look for cli.py and the rest in lab/
+    sys.exit("run it from the project's folder as a module: python -m lab.zipcodes "
+             + " ".join(sys.argv[1:]))
+
 import io
 import math
 import random
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -28,16 +33,18 @@ from PIL import Image
 
 import cli
 import data
-import predict
-from load import CheckpointError, load_checkpoint
+from checkpoint import CheckpointError, load_checkpoint
+from lab import predict
 
 DIGITS_PER_ROW = 5
 GAPS = ["apart", "apart", "none", "touching"]  # drawn from evenly
 
 
 def parse_args(argv=None):
-    parser = cli.ArgumentParser(description="Read rows of 5 test digits (ZIP codes) as "
-                                            "predict.py reads a photo, and measure.")
+    parser = cli.ArgumentParser(
+        prog="python -m lab.zipcodes",
+        description="Read rows of 5 test digits (ZIP codes) as "
+                    "predict.py reads a photo, and measure.")
     parser.add_argument("checkpoint", help="a model file written by train.py, e.g. model.pt")
     parser.add_argument("--data-dir", default="./data", help="the folder with MNIST/raw/")
     parser.add_argument("--rows", type=cli.number(int, lambda n: n >= 1, "a whole number, 1 "

@@ -1,8 +1,8 @@
 """Pictures of what a trained network learned, drawn with matplotlib.
 
-    python pictures.py model.pt --curves curves.png --weights weights.png
-    python pictures.py sgd.pt adam.pt --curves compare.png    # several runs, by epoch
-    python pictures.py default.pt quick.pt --against-time time.png
+    python -m lab.pictures model.pt --curves curves.png --weights weights.png
+    python -m lab.pictures sgd.pt adam.pt --curves compare.png    # several runs, by epoch
+    python -m lab.pictures default.pt quick.pt --against-time time.png
 
 This file makes the pictures that need only checkpoints: the learning curves
 from runs' per-epoch metrics, the first layer's weights, and the validation
@@ -21,6 +21,11 @@ for importing matplotlib.
 
 import sys
 
+if not __package__:  # python lab/pictures.py: Python would look for cli.py and the rest in lab/
+    sys.exit("run it from the project's folder as a module: python -m lab.pictures "
+             + " ".join(sys.argv[1:]))
+
+
 import matplotlib
 import torch
 from matplotlib.figure import Figure
@@ -28,8 +33,7 @@ from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid
 
 import cli
-import train_flags
-from load import CheckpointError, load_checkpoint
+from checkpoint import CheckpointError, load_checkpoint
 
 
 def save(figure, path):
@@ -178,7 +182,7 @@ def show_augmentation(args, train_set, normalization, distortions=7):
                            for label in train_set.labels.unique()]
     originals = train_set.images[torch.stack(first_of_each_class)]
     distorted = torch.stack([train_set.transform(originals) for _ in range(distortions)], 1)
-    flags = " ".join(train_flags.as_flag(name, getattr(args, name)) for name in (
+    flags = " ".join(cli.as_flag(name, getattr(args, name)) for name in (
         "rotation", "scale", "shear", "shift", "elastic_alpha", "elastic_sigma"))
     figure = augmentation_grid(to_pixels(originals[:, 0], normalization),
                                to_pixels(distorted[:, :, 0], normalization), title=flags)
@@ -217,21 +221,18 @@ def to_pixels(images, normalization):
 
 
 # ----------------------------------------------------------------------------
-
-# Flags that do not change what a run learns, left out of the runs' labels.
-NOT_THE_RUN = ("out", "log", "resume", "data_dir", "device")
-
+# Runs compared: each named by the flags it differs in
 
 def run_labels(checkpoints):
     """{path: label} for runs compared in one picture: the flags in which they
     differ (--optimizer sgd --lr 0.05), or their file names where none differ."""
     flags = {path: checkpoint["train_args"] for path, checkpoint in checkpoints.items()}
     names = dict.fromkeys(name for run in flags.values() for name in run)  # in train.py's order
-    differing = [name for name in names if name not in NOT_THE_RUN
+    differing = [name for name in names if name not in cli.WHERE_FLAGS
                  and len({repr(run.get(name)) for run in flags.values()}) > 1]
     if not differing:
         return {path: path for path in checkpoints}
-    return {path: " ".join(train_flags.as_flag(name, run[name])
+    return {path: " ".join(cli.as_flag(name, run[name])
                            for name in differing if name in run)
             for path, run in flags.items()}
 
@@ -245,8 +246,10 @@ def run_label(path, checkpoint):
 
 
 def main(argv=None):
-    parser = cli.ArgumentParser(description="Draw a run's learning curves and first-layer "
-                                            "weights, or compare several runs.")
+    parser = cli.ArgumentParser(
+        prog="python -m lab.pictures",
+        description="Draw a run's learning curves and first-layer "
+                    "weights, or compare several runs.")
     parser.add_argument("checkpoints", nargs="+", metavar="checkpoint",
                         help="a model file written by train.py, e.g. model.pt; several "
                              "with --curves or --against-time to compare them")

@@ -1,9 +1,9 @@
 """A class drawing at once: how draw.py's server holds up under a crowd.
 
-    python crowd.py model.pt                          # 1, 10 and 100 drawers
-    python crowd.py model.pt --drawers 50 --requests 20
+    python -m lab.crowd model.pt                          # 1, 10 and 100 drawers
+    python -m lab.crowd model.pt --drawers 50 --requests 20
 
-For each number of drawers, a fresh `python draw.py model.pt` is started on a
+For each number of drawers, a fresh `python -m lab.draw model.pt` is started on a
 free port of 127.0.0.1 and that many drawers draw at once: each sends a drawing
 to POST /predict as soon as it has the answer to its last, as the page does,
 until it has sent --requests of them. Prints the answers per second, the time
@@ -13,27 +13,35 @@ machine as the server, as a crowd's browsers are not: the figures are what a
 machine that also runs the crowd gives, a lower bound for the server alone.
 """
 
+import sys
+
+if not __package__:  # python lab/crowd.py: Python would look for cli.py and the rest in lab/
+    sys.exit("run it from the project's folder as a module: python -m lab.crowd "
+             + " ".join(sys.argv[1:]))
+
 import http.client
 import io
 import os
 import random
 import statistics
 import subprocess
-import sys
 import threading
 import time
 
 from PIL import Image, ImageDraw
 
 import cli
-from load import CheckpointError, load_checkpoint
+from checkpoint import CheckpointError, load_checkpoint
+from lab import PROJECT_FOLDER
 
 CANVAS = 400  # the page's canvas, in pixels
 PEN_WIDTH = 18  # the page's pen, in the canvas's pixels
 
 
 def parse_args(argv=None):
-    parser = cli.ArgumentParser(description="Measure draw.py's server under many drawers.")
+    parser = cli.ArgumentParser(
+        prog="python -m lab.crowd",
+        description="Measure draw.py's server under many drawers.")
     parser.add_argument("checkpoint", help="a model file written by train.py, e.g. model.pt")
     parser.add_argument("--drawers", type=cli.positive_int, nargs="+", default=[1, 10, 100],
                         help="how many draw at once; one measurement each (default 1 10 100)")
@@ -56,9 +64,9 @@ def scribble(rng):
 
 
 def start_server(checkpoint):
-    """`python draw.py` on a free port: the process and its port."""
-    draw = os.path.join(os.path.dirname(os.path.abspath(__file__)), "draw.py")
-    server = subprocess.Popen([sys.executable, draw, checkpoint, "--port", "0"],
+    """`python -m lab.draw` on a free port: the process and its port."""
+    server = subprocess.Popen([sys.executable, "-m", "lab.draw", os.path.abspath(checkpoint),
+                               "--port", "0"], cwd=PROJECT_FOLDER,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = server.stdout.readline()  # draw at http://127.0.0.1:PORT/ ...
     if "http://" not in line:

@@ -1,7 +1,7 @@
 """How fast does train.py train, next to the usual tutorial pipeline and next to
 the compute floor? One command, one table:
 
-    python benchmark.py [--device auto] [--batch-size N] [--hidden ...] [--epochs N]
+    python -m lab.benchmark [--device auto] [--batch-size N] [--hidden ...] [--epochs N]
                         [--data-dir DIR]
 
 Every row trains the same model at the same batch size, on the same device, in
@@ -28,10 +28,15 @@ random images of MNIST's shape to a temporary folder and uses those, so it
 always runs.
 """
 
+import sys
+
+if not __package__:  # python lab/benchmark.py: Python would look for cli.py and the rest in lab/
+    sys.exit("run it from the project's folder as a module: python -m lab.benchmark "
+             + " ".join(sys.argv[1:]))
+
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -41,13 +46,15 @@ import torch.nn.functional as F
 import cli
 import data
 import train
-import train_flags
+from lab import PROJECT_FOLDER
 from model import MLP
 
 
 def parse_args(argv=None):
     defaults = train.parse_args([])[0]
-    parser = cli.ArgumentParser(description="Time ours, the tutorial pipeline and the floor.")
+    parser = cli.ArgumentParser(
+        prog="python -m lab.benchmark",
+        description="Time ours, the tutorial pipeline and the floor.")
     parser.add_argument("--hidden", type=cli.positive_int, nargs="+", default=defaults.hidden)
     parser.add_argument("--batch-size", type=cli.positive_int, default=defaults.batch_size)
     parser.add_argument("--epochs", type=cli.positive_int, default=3,
@@ -183,10 +190,10 @@ def adam_on_denormals(hidden, flush):
 def adam_on_denormals_in_a_new_process(hidden, flush):
     """adam_on_denormals in a fresh Python: a thread keeps the floating-point
     mode it started with, so each mode needs a process whose threads start in it."""
-    code = (f"import benchmark; print(*benchmark.adam_on_denormals({list(hidden)}, "
+    code = (f"from lab import benchmark; print(*benchmark.adam_on_denormals({list(hidden)}, "
             f"{flush}))")
     answer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True, cwd=os.path.dirname(os.path.abspath(__file__)))
+                            check=True, cwd=PROJECT_FOLDER)
     return tuple(map(float, answer.stdout.split()))
 
 
@@ -264,7 +271,7 @@ def main(argv=None):
               f"({per_image['ours, no aug.'] / per_image['floor']:.2f}x without augmentation); "
               f"conventional / ours: {per_image['conventional'] / per_image['ours']:.1f}x; "
               f"bf16 / float32: {per_image['ours, bf16'] / per_image['ours']:.2f}x the time")
-    if not train_flags.has_native_bf16(args.device):
+    if not cli.has_native_bf16(args.device):
         print(f"{args.device} has no native bfloat16: the bf16 row is emulated")
     (flushed, left), (unflushed, _) = (adam_on_denormals_in_a_new_process(args.hidden, flush)
                                        for flush in (True, False))
