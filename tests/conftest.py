@@ -1,5 +1,6 @@
-"""The tests' fixtures and machinery, read by pytest before test_mnist.py; its
-tests import the plain helpers they call from here (from conftest import ...).
+"""The fixtures and machinery of the tests in tests/, read by pytest before
+them; they import the plain helpers they call from here (from conftest import
+...). The card's own checks, test_mnist.py at the root, need none of this.
 
 A small data set in the MNIST file format, written to a temporary folder and read
 through the real data.py code; ways to run a script, in this process or in a fresh
@@ -17,7 +18,9 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import contextlib
+import http.client
 import io
+import json
 import math
 import random
 import shutil
@@ -34,14 +37,12 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 import data
-import draw
-import predict
 import train  # sets torch's denormal flushing before this process computes anything
-from checkpoint import save_checkpoint
-from load import load_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
 from model import MLP
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+# The project's folder, where the scripts run and the README is.
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The tests' own computations are tiny, and one thread does them faster than two
 # kept in step (as draw.py's server finds too): the whole suite, measured, 89 s
@@ -105,7 +106,7 @@ def source_of(path, name):
     its decorators (@torch.no_grad())."""
     import ast
 
-    with open(os.path.join(HERE, path)) as f:
+    with open(os.path.join(PROJECT, path)) as f:
         text = f.read()
     node = next(node for node in ast.parse(text).body if getattr(node, "name", None) == name)
     first = node.decorator_list[0] if node.decorator_list else node
@@ -124,7 +125,7 @@ def pasted_alone(*pieces):
 
 def readme_section(heading):
     """The text of the README's section `heading`, to the next heading."""
-    with open(os.path.join(HERE, "README.md")) as f:
+    with open(os.path.join(PROJECT, "README.md")) as f:
         return f.read().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
 
 
@@ -188,9 +189,9 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="session")
 def pictures():
-    """pictures.py, imported by the tests that draw: matplotlib and torchvision take
-    two seconds to import, which the lesson's tests need not wait for."""
-    import pictures
+    """lab/pictures.py, imported by the tests that draw: matplotlib and torchvision
+    take two seconds to import, which the other tests need not wait for."""
+    from lab import pictures
 
     return pictures
 
@@ -233,7 +234,7 @@ def run(capsys, script, *argv):
 
 def run_command(*argv, **kwargs):
     """The real command line, in a fresh Python."""
-    return subprocess.run([sys.executable, *map(str, argv)], cwd=HERE, capture_output=True,
+    return subprocess.run([sys.executable, *map(str, argv)], cwd=PROJECT, capture_output=True,
                           text=True, timeout=120, **kwargs)
 
 
@@ -244,7 +245,7 @@ def start_command(*argv, **kwargs):
     (Windows has no preexec_fn, and no SIGINT to send: posix_signals skips there.)"""
     ctrl_c_as_in_a_terminal = None if os.name == "nt" else (
         lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    return subprocess.Popen([sys.executable, *map(str, argv)], cwd=HERE,
+    return subprocess.Popen([sys.executable, *map(str, argv)], cwd=PROJECT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=ctrl_c_as_in_a_terminal, **kwargs)
 
@@ -422,6 +423,8 @@ def png(page):
 def drawn_digit_model(tmp_path_factory):
     """A checkpoint of a small MLP trained on drawn digits, each prepared as
     predict.py prepares a photo: 600 drawings, pens from fine to thick."""
+    from lab import predict  # only here: the lab's tests alone need it
+
     rng = random.Random(0)
     labels = torch.arange(600) % 10
     images = []
@@ -452,6 +455,8 @@ def drawn_digit_model(tmp_path_factory):
 @pytest.fixture
 def server(drawn_digit_model):
     """draw.py's server on a free port, in a thread of this process: its address."""
+    from lab import draw  # only here: the drawing page's tests alone start it
+
     model, checkpoint = load_checkpoint(drawn_digit_model)
     model.eval()
     httpd = draw.Server(("127.0.0.1", 0), draw.handler(model, checkpoint))
@@ -517,3 +522,103 @@ def browser():
     driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
     yield driver
     driver.quit()
+
+
+# ----------------------------------------------------------------------------
+# Helpers that tests of several files share
+
+def timeless(metrics):
+    return [{k: v for k, v in row.items() if k not in ("seconds", "images_per_second")}
+            for row in metrics]
+
+
+def offline(monkeypatch):
+    """Any download goes through a proxy that refuses connections: offline, fast."""
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+
+
+def checkpoint_files(tmp_path, good_checkpoint):
+    """Bad files a student might be handed, by name."""
+    good = open(good_checkpoint, "rb").read()
+    files = {"missing": None, "a directory": None, "empty": b"", "truncated": good[:len(good) // 2],
+             "random bytes": os.urandom(4096)}
+    paths = {name: tmp_path / name.replace(" ", "_") for name in files}
+    os.mkdir(paths["a directory"])
+    for name, content in files.items():
+        if content is not None:
+            paths[name].write_bytes(content)
+    paths["not ours"] = tmp_path / "not_ours.pt"
+    torch.save({"weights": torch.zeros(3)}, paths["not ours"])
+    wrong_shape = torch.load(good_checkpoint, weights_only=True)
+    wrong_shape["config"]["hidden"] = [65]
+    paths["wrong shape"] = tmp_path / "wrong_shape.pt"
+    torch.save(wrong_shape, paths["wrong shape"])
+    no_normalization = torch.load(good_checkpoint, weights_only=True)
+    del no_normalization["normalization"]
+    paths["no normalization"] = tmp_path / "no_normalization.pt"
+    torch.save(no_normalization, paths["no normalization"])
+    older = torch.load(good_checkpoint, weights_only=True)
+    older["format"] = "mnist-mlp-checkpoint/1"
+    paths["older format"] = tmp_path / "older.pt"
+    torch.save(older, paths["older format"])
+    foreign_state = torch.load(good_checkpoint, weights_only=True)
+    foreign_state["training_state"] = {"optimizer": {"state": {}, "param_groups": []},
+                                       "scheduler": None, "random": {}}
+    paths["foreign training state"] = tmp_path / "foreign_state.pt"
+    torch.save(foreign_state, paths["foreign training state"])
+    return paths
+
+
+class RunsCode:
+    """Unpickling this calls open(), creating a file: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def digit_drawings():
+    """The ten digits drawn in a font: the 28 x 28 images the model is asked
+    about, and the large drawings (white ink on black, 400 pixels high) they
+    were made from."""
+    from matplotlib import font_manager
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 360)
+    drawings = []
+    for digit in range(10):
+        drawing = Image.new("L", (300, 420), 0)
+        ImageDraw.Draw(drawing).text((20, 0), str(digit), font=font, fill=255)
+        drawings.append(drawing)
+    return drawings
+
+
+def as_photo(drawing, path):
+    """A drawing as a photo of paper: dark ink on a light page, off-centre."""
+    from PIL import ImageOps
+
+    page = Image.new("L", (900, 700), 230)
+    page.paste(ImageOps.invert(drawing).point(lambda v: 30 + v * 200 // 255), (520, 230))
+    page.convert("RGB").save(path, quality=90)
+
+
+def http_request(server, method, path, body=None):
+    """(status, the answer's JSON or the page's text)."""
+    connection = http.client.HTTPConnection(*server, timeout=30)
+    connection.request(method, path, body=body)
+    response = connection.getresponse()
+    text = response.read().decode()
+    connection.close()
+    if response.getheader("Content-Type") == "application/json":
+        return response.status, json.loads(text)
+    return response.status, text
+
+
+def assert_one_line_of_json(status, answer, code, text):
+    assert status == code and list(answer) == ["error"] and text in answer["error"]
+    assert "\n" not in answer["error"]

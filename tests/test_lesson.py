@@ -1,0 +1,172 @@
+"""The lesson beyond the card's checks: the MLP, the loop and the Dataset each
+pasted alone into homework, the README's own-code block, the reading order's
+counts, and what a default run reads."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import (
+    PROJECT,
+    code_of,
+    job,
+    job_result,
+    make_mnist,
+    pasted_alone,
+    readme_block,
+    readme_section,
+    run_command,
+    source_of,
+)
+from torch import nn
+
+import train
+from model import MLP
+
+# ----------------------------------------------------------------------------
+# Copied into homework: the MLP, the loop and the Dataset each run alone
+
+def test_the_mlp_the_loop_and_the_dataset_each_run_pasted_alone():
+    pasted = pasted_alone(("model.py", "MLP"), ("train.py", "train_one_epoch"),
+                          ("data.py", "MNISTTensors"))
+    torch.manual_seed(0)
+    patterns = torch.rand(10, 1, 28, 28) > 0.75
+    labels = torch.arange(400) % 10
+    images = patterns[labels] + 0.2 * torch.randn(400, 1, 28, 28)
+    dataset = pasted["MNISTTensors"](images, labels)
+    model = pasted["MLP"](512)
+    # The accuracy counts the images seen: drop_last leaves 16 of 400 out.
+    in_order = torch.utils.data.DataLoader(dataset, batch_size=64, drop_last=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # learns nothing: checkable
+    loss, accuracy = pasted["train_one_epoch"](model, in_order, nn.CrossEntropyLoss(),
+                                               optimizer)
+    with torch.no_grad():
+        right = (model(images[:384]).argmax(1) == labels[:384]).sum().item()
+    assert right > 0 and accuracy == right / 384
+    # The stock DataLoader of torch's tutorials, one image at a time.
+    train_loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(3):
+        loss, accuracy = pasted["train_one_epoch"](model, train_loader,
+                                                   nn.CrossEntropyLoss(), optimizer)
+    assert loss < 0.5 and accuracy > 0.9
+
+
+@job("test_the_readme_s_own_code_block_is_made_of_the_pieces_and_runs")
+def run_the_readme_block_as_homework(folder):
+    """The block pasted into a homework folder whose data/ torchvision finds (no
+    download), run there."""
+    make_mnist(folder / "data", train_count=1000, test_count=100)
+    (folder / "homework.py").write_text(readme_block("Use it in your own code"))
+    return subprocess.run([sys.executable, "homework.py"], cwd=folder, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_the_readme_s_own_code_block_is_made_of_the_pieces_and_runs(fresh_interpreters,
+                                                                      request):
+    block = readme_block("Use it in your own code")
+    assert len(block.splitlines()) <= 70
+    for path, name in (("model.py", "MLP"), ("train.py", "train_one_epoch"),
+                       ("model.py", "logits_and_labels")):
+        assert code_of(block, name) == code_of(source_of(path, name), name), name
+    result = job_result(fresh_interpreters, request)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[:3]] == ["epoch 1", "epoch 2", "epoch 3"]
+    assert float(lines[2].split()[-1].rstrip("%")) > 90  # training accuracy
+    # Then the number the homework asks for: the test images, predicted with argmax.
+    assert len(lines) == 4 and re.fullmatch(r"test accuracy \d+\.\d\d%", lines[3])
+    assert float(lines[3].split()[-1].rstrip("%")) > 90
+
+
+@job("test_the_readme_s_block_changed_as_homework_changes_it_still_runs")
+def run_the_changed_block_as_homework(folder):
+    """The block with the homework's changes: two hidden layers, and SGD at the
+    rate the README gives for it."""
+    make_mnist(folder / "data", train_count=1000, test_count=100)
+    block = readme_block("Use it in your own code")
+    sgd = re.search(r"`(torch\.optim\.SGD\(model\.parameters\(\), [^`]*\))`",
+                    readme_section("Use it in your own code"))[1]
+    block = block.replace("model = MLP(1024)", "model = MLP([512, 256])")
+    block = block.replace("optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)",
+                          f"optimizer = {sgd}")
+    assert "MLP([512, 256])" in block and "optim.SGD" in block
+    (folder / "homework.py").write_text(block)
+    return subprocess.run([sys.executable, "homework.py"], cwd=folder, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_the_readme_s_block_changed_as_homework_changes_it_still_runs(fresh_interpreters,
+                                                                     request):
+    result = job_result(fresh_interpreters, request)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.splitlines()[-1].split()[-1].rstrip("%")) > 90
+
+
+def test_the_reading_order_s_line_counts_are_today_s():
+    import ast
+
+    def lines_of(path, name):
+        with open(os.path.join(PROJECT, path)) as f:
+            tree = ast.parse(f.read())
+        node = next(node for node in tree.body if getattr(node, "name", None) == name)
+        first = node.decorator_list[0] if node.decorator_list else node
+        return node.end_lineno - first.lineno + 1
+
+    def lines_in(*paths):
+        return sum(len(open(os.path.join(PROJECT, path)).readlines()) for path in paths)
+
+    order = readme_section("Reading order")
+    said = [int(count) for count in re.findall(r"\((\d+) lines\)", order)]
+    assert said == [lines_of("model.py", "MLP"), lines_of("train.py", "train_one_epoch"),
+                    lines_of("train.py", "validate"), lines_of("train.py", "main"),
+                    sum(lines_of("data.py", name)
+                        for name in ("MNISTTensors", "BatchIndices", "make_loader")),
+                    lines_in("evaluate.py")]
+
+
+@job("test_a_run_with_the_card_s_flags_reads_the_root_s_five_modules")
+def modules_of_a_run_with_the_card_s_flags(folder):
+    """The project's modules, as paths from its folder, that a run with the
+    card's flags (its 5,000 validation images held out of 5,100) has loaded when
+    it ends. A default run loads no more: these flags add the checks of
+    cli.py, which it loads anyway."""
+    make_mnist(folder / "data", train_count=5100, test_count=10)
+    code = ("import os, sys, train; train.main(sys.argv[1:]); print(sorted(os.path.relpath("
+            "m.__file__) for m in list(sys.modules.values()) if os.path.abspath(getattr("
+            "m, '__file__', None) or '/').startswith(os.getcwd() + os.sep)))")
+    return run_command("-c", code, "--lr", "1e-3", "--epochs", "5", "--data-dir",
+                       folder / "data", "--out", folder / "m.pt", "--log", folder / "log.csv")
+
+
+def test_a_run_with_the_card_s_flags_reads_the_root_s_five_modules(fresh_interpreters,
+                                                                    request):
+    result = job_result(fresh_interpreters, request)
+    assert result.returncode == 0, result.stderr
+    files = eval(result.stdout.splitlines()[-1])
+    assert files == ["checkpoint.py", "cli.py", "data.py", "model.py", "train.py"]
+    lines = sum(len(open(os.path.join(PROJECT, name)).readlines()) for name in files)
+    assert f"reads five files, {lines:,} lines" in readme_section("Reading order")
+
+
+def test_one_width_is_the_default_everywhere():
+    """The lecture's MLP has one hidden layer: MLP's own default, train.py's
+    --hidden and the README's block use the same width."""
+    hidden = train.make_parser().parse_args([]).hidden
+    assert len(hidden) == 1
+    assert [layer.out_features for layer in MLP().hidden_layers] == hidden
+    assert f"model = MLP({hidden[0]})" in readme_block("Use it in your own code")
+
+
+def test_the_loop_pasted_alone_stops_a_diverging_run_at_the_step():
+    pasted = pasted_alone(("model.py", "MLP"), ("train.py", "train_one_epoch"))
+    images, labels = torch.randn(256, 1, 28, 28), torch.arange(256) % 10
+    train_loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(images, labels), batch_size=64)
+    model = pasted["MLP"]([32])
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e6)
+    with pytest.raises(FloatingPointError, match=r"the loss reached \S+ at step \d of 4"):
+        pasted["train_one_epoch"](model, train_loader, nn.CrossEntropyLoss(), optimizer)
