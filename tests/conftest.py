@@ -17,6 +17,7 @@ import os
 # passive). Set before torch is imported; what torch computes is the same.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import ast
 import contextlib
 import http.client
 import io
@@ -34,7 +35,7 @@ from io import BytesIO
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 import data
 import train  # sets torch's denormal flushing before this process computes anything
@@ -104,8 +105,6 @@ def job_result(fresh_interpreters, request, key=None):
 def source_of(path, name):
     """The source text of the class or function `name` in the file `path`, with
     its decorators (@torch.no_grad())."""
-    import ast
-
     with open(os.path.join(PROJECT, path)) as f:
         text = f.read()
     node = next(node for node in ast.parse(text).body if getattr(node, "name", None) == name)
@@ -137,8 +136,6 @@ def readme_block(heading):
 def code_of(source, name):
     """The code of the class or function `name` in `source`, without comments
     and docstrings (ast keeps neither)."""
-    import ast
-
     node = next(node for node in ast.parse(source).body if getattr(node, "name", None) == name)
     for part in ast.walk(node):
         body = getattr(part, "body", None)
@@ -242,12 +239,19 @@ def start_command(*argv, **kwargs):
     """The real command line in a fresh Python, running on, as from a terminal:
     Ctrl-C (SIGINT) reaches it even when the tests themselves run in the
     background, where the shell starts every process with SIGINT ignored.
-    (Windows has no preexec_fn, and no SIGINT to send: posix_signals skips there.)"""
-    ctrl_c_as_in_a_terminal = None if os.name == "nt" else (
-        lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    At a lower priority (nice 10): a test that signals it when it prints a line
+    then finds it still where that line was, however busy the machine (at equal
+    priority, on two cores beside the suite's other work, a run of three short
+    epochs sometimes finished before the signal came). (Windows has no
+    preexec_fn, and no SIGINT to send: posix_signals skips there.)"""
+    def as_from_a_terminal_at_a_lower_priority():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.nice(10)
+
     return subprocess.Popen([sys.executable, *map(str, argv)], cwd=PROJECT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=ctrl_c_as_in_a_terminal, **kwargs)
+                            preexec_fn=None if os.name == "nt" else
+                            as_from_a_terminal_at_a_lower_priority, **kwargs)
 
 
 # Windows' signal has no SIGKILL, and its send_signal(SIGTERM) kills at once,
@@ -586,8 +590,7 @@ def digit_drawings():
     """The ten digits drawn in a font: the 28 x 28 images the model is asked
     about, and the large drawings (white ink on black, 400 pixels high) they
     were made from."""
-    from matplotlib import font_manager
-    from PIL import ImageDraw, ImageFont
+    from matplotlib import font_manager  # only here: importing matplotlib takes seconds
 
     font = ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 360)
     drawings = []
@@ -600,8 +603,6 @@ def digit_drawings():
 
 def as_photo(drawing, path):
     """A drawing as a photo of paper: dark ink on a light page, off-centre."""
-    from PIL import ImageOps
-
     page = Image.new("L", (900, 700), 230)
     page.paste(ImageOps.invert(drawing).point(lambda v: 30 + v * 200 // 255), (520, 230))
     page.convert("RGB").save(path, quality=90)

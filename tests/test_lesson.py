@@ -2,6 +2,7 @@
 pasted alone into homework, the README's own-code block, the reading order's
 counts, and what a default run reads."""
 
+import ast
 import os
 import re
 import subprocess
@@ -107,8 +108,6 @@ def test_the_readme_s_block_changed_as_homework_changes_it_still_runs(fresh_inte
 
 
 def test_the_reading_order_s_line_counts_are_today_s():
-    import ast
-
     def lines_of(path, name):
         with open(os.path.join(PROJECT, path)) as f:
             tree = ast.parse(f.read())

@@ -2,6 +2,8 @@
 
 import os
 import random
+import struct
+import zlib
 from io import BytesIO
 
 import pytest
@@ -73,9 +75,6 @@ def test_the_preparation_is_mnist_s(tmp_path):
 
 def huge_png(path, width, height):
     """A PNG whose header claims width x height grey pixels, without the pixels."""
-    import struct
-    import zlib
-
     def chunk(kind, body):
         return (struct.pack(">I", len(body)) + kind + body
                 + struct.pack(">I", zlib.crc32(kind + body)))
