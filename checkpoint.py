@@ -34,16 +34,31 @@ def model_config(model):
     first = model.hidden_layers[0] if len(model.hidden_layers) else model.output_layer
     return {"hidden": [layer.out_features for layer in model.hidden_layers],
             "dropout": model.dropout.p, "in_features": first.in_features,
-            "num_classes": model.output_layer.out_features}
+            "num_classes": model.output_layer.out_features,
+            "activation": type(model.activation).__name__.lower()}  # nn.GELU: "gelu"
+
+
+@torch.no_grad()
+def probe(model):
+    """The model's logits for two fixed inputs, on the CPU, in evaluation mode:
+    saved with the weights, so that a reader whose model.py computes something
+    else from them (another non-linearity, say) finds out."""
+    was_training = model.training
+    model.eval()
+    inputs = torch.linspace(-2, 2, 2 * model_config(model)["in_features"]).view(2, -1)
+    logits = model(inputs.to(next(model.parameters()).device)).float().cpu()
+    model.train(was_training)
+    return logits
 
 
 def save_checkpoint(path, model, normalization, **details):
     """Write a checkpoint, all of it or nothing: the model, the normalization of
-    its inputs ({"mean": .., "std": ..}) and the `details` CHECKPOINT_FIELDS lists."""
+    its inputs ({"mean": .., "std": ..}), its probe and the `details`
+    CHECKPOINT_FIELDS lists."""
     checkpoint = {"format": CHECKPOINT_FORMAT, "config": model_config(model),
                   "state_dict": {name: tensor.cpu() for name, tensor in
                                  model.state_dict().items()},
-                  "normalization": normalization, **details}
+                  "normalization": normalization, "probe": probe(model), **details}
     with cli.replacing(path) as f:
         try:
             torch.save(checkpoint, f)
@@ -132,6 +147,14 @@ def load_checkpoint(path, device="cpu"):
         reason = str(error).strip().splitlines()[-1].strip()
         raise CheckpointError(f"{path}: the stored weights do not fit the stored model "
                               f"({reason})") from None
+    # Saved before --activation existed: no probe, and the model was ReLU's, the default.
+    if "probe" in checkpoint and not (
+            isinstance(checkpoint["probe"], torch.Tensor)
+            and checkpoint["probe"].shape == (2, model.output_layer.out_features)
+            and torch.allclose(probe(model), checkpoint["probe"], rtol=1e-3, atol=1e-4)):
+        raise CheckpointError(f"{path}: model.py computes other outputs from these weights "
+                              f"than the model that was saved: it was changed since; put "
+                              f"it back as it was, or train again")
     return model.to(device), checkpoint
 
 
@@ -170,6 +193,8 @@ def resumed_args(args, given, may_change):
             pass
     args = argparse.Namespace(**{**stored, "device": device, "out": args.resume,
                                  "resume": args.resume, **given})
+    if "threads" not in given and "OMP_NUM_THREADS" in os.environ:
+        args.threads = None  # the user's own count wins, as in a fresh run
     # Its outputs, checked as a fresh run's are: a folder removed since fails now,
     # not after an epoch has trained.
     for name, flag in (("out", "--resume"), ("log", "--log")):
@@ -194,6 +219,10 @@ def restore(checkpoint, args, model, averaged, optimizer, scheduler, generators)
         generators = {name: generators[name] for name in generators if name != "augmentation"}
         print(f"note: the run moves from {checkpoint['train_args']['device']} to "
               f"{args.device}; its distortions will differ from the run's own")
+    if args.device.type == "cpu" and args.threads != checkpoint["train_args"]["threads"]:
+        print(f"note: the run continues on {args.threads} CPU threads, not its own "
+              f"{checkpoint['train_args']['threads']}: its sums, and so its weights, will "
+              f"differ a little from the run's own")
     state = checkpoint["training_state"]
     try:
         model.load_state_dict(checkpoint["state_dict"])

@@ -73,11 +73,26 @@ def device(name):
     return chosen
 
 
-def add_device_and_data_flags(group):
+def add_device_and_data_flags(group, data_dir="./data"):
+    """--device, --data-dir (its default `data_dir`; None: the folder the model
+    was trained on, for a script that reads a checkpoint) and --threads."""
     group.add_argument("--device", type=device, default="auto", help="auto, cpu, cuda, cuda:N, "
                        "mps, ... (auto: the machine's GPU if torch finds one, else the CPU)")
-    group.add_argument("--data-dir", default="./data", help="the folder with MNIST/raw/ (or "
-                       "FashionMNIST/raw/), downloaded there if missing")
+    group.add_argument("--data-dir", default=data_dir, help="the folder with MNIST/raw/ (or "
+                       "FashionMNIST/raw/), downloaded there if missing" + (
+                           "" if data_dir else " (default: the one the model was trained on)"))
+    group.add_argument("--threads", type=positive_int, help="CPU threads torch computes with "
+                       "(default: OMP_NUM_THREADS if set, else one per core)")
+
+
+def use_threads(threads):
+    """Compute with `threads` CPU threads, or where None with torch's own choice
+    (the user's OMP_NUM_THREADS, else one per core): the same on a machine
+    whatever its load, as it must be, since the number changes the order of
+    sums and so the weights. Returns the number."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 def output_file(path):
@@ -119,7 +134,7 @@ def parse_and_tell_given(parser, argv):
 
 # Where a run reads, writes and computes, not what it learns: --resume may change
 # these; alone, none can idle; the pictures leave them out of a run's label.
-WHERE_FLAGS = ("data_dir", "device", "out", "log", "resume")
+WHERE_FLAGS = ("data_dir", "device", "threads", "out", "log", "resume")
 
 
 def as_flag(name, value):
@@ -160,9 +175,9 @@ def idle_flags(args, given):
         idle["elastic_sigma"] = "there is no elastic distortion at --elastic-alpha 0"
     if args.show_augmentation:
         idle.update(dict.fromkeys([
-            "hidden", "dropout", "optimizer", "lr", "momentum", "weight_decay", "scheduler",
-            "gamma", "batch_size", "epochs", "label_smoothing", "ema", "bf16", "clean_epochs",
-            "out", "log"], "--show-augmentation trains nothing"))
+            "hidden", "activation", "dropout", "optimizer", "lr", "momentum", "weight_decay",
+            "scheduler", "gamma", "batch_size", "epochs", "label_smoothing", "ema", "bf16",
+            "clean_epochs", "out", "log"], "--show-augmentation trains nothing"))
     return {name: why for name, why in idle.items() if name in given}
 
 

@@ -10,6 +10,7 @@ validation split that train.py holds out.
 """
 
 import json
+import os
 import sys
 
 import torch
@@ -25,7 +26,7 @@ def parse_args(argv=None):
     parser = cli.ArgumentParser(description="Evaluate a trained MLP on the test set of "
                                             "its data set.")
     parser.add_argument("checkpoint", help="a model file written by train.py, e.g. model.pt")
-    cli.add_device_and_data_flags(parser)
+    cli.add_device_and_data_flags(parser, data_dir=None)
     parser.add_argument("--confusion", type=cli.png_file, metavar="PNG",
                         help="draw the confusion matrix as a heat map")
     parser.add_argument("--errors", type=cli.png_file, metavar="PNG",
@@ -61,21 +62,30 @@ def print_report(metrics):
 
 def main(argv=None):
     args = parse_args(argv)
+    cli.use_threads(args.threads)
     try:
         model, checkpoint = load_checkpoint(args.checkpoint, args.device)
         if checkpoint["dataset"] not in data.DATASETS:
             raise CheckpointError(f"{args.checkpoint}: unknown data set "
                                   f"{checkpoint['dataset']!r}")
         normalization = checkpoint["normalization"]
+        data_dir = args.data_dir
+        if data_dir is None:  # where the model was trained, if the files are there; else ./data
+            trained_on = checkpoint["train_args"].get("data_dir")
+            data_dir = trained_on if trained_on and os.path.isdir(
+                data.raw_folder(trained_on, checkpoint["dataset"])) else "./data"
         # The 10,000 test images, normalized as the model's training images were.
-        test_set = data.as_dataset(*data.load_split(args.data_dir, checkpoint["dataset"], "test"),
+        test_set = data.as_dataset(*data.load_split(data_dir, checkpoint["dataset"], "test"),
                                    args.device, normalization)
     except (CheckpointError, data.DataError) as error:
         sys.exit(f"error: {error}")
     classes = checkpoint["classes"]
     epochs = checkpoint["train_args"].get("epochs")
-    print(f"{args.checkpoint}: {checkpoint['dataset']}, the model after epoch "
-          f"{checkpoint['epochs_completed']} of {epochs}"
+    config = checkpoint["config"]
+    widths = [config["in_features"], *config["hidden"], len(classes)]
+    print(f"{args.checkpoint}: a {widths} {config.get('activation', 'relu')} MLP trained with "
+          f"{checkpoint['train_args']['optimizer']} on {checkpoint['dataset']}, the model "
+          f"after epoch {checkpoint['epochs_completed']} of {epochs}"
           + (" (the run is not finished)" if checkpoint["training_state"] else "") + "\n")
 
     test_loader = data.make_loader(test_set, batch_size=1000, shuffle=False)

@@ -21,20 +21,26 @@ class MLP(nn.Module):
     here: nn.CrossEntropyLoss does it, fused with the log: faster, and stable.
 
     hidden: the width of each hidden layer, MLP([1000, 500]), or one width.
+    activation: the pointwise non-linearity, "relu" (the lecture's), "gelu",
+    "tanh", "sigmoid", or "identity" (none: the layers then collapse into one
+    linear map, which is what the non-linearity adds to).
     """
 
-    def __init__(self, hidden=(1024,), dropout=0.0, in_features=28 * 28, num_classes=10):
+    def __init__(self, hidden=(1024,), dropout=0.0, in_features=28 * 28, num_classes=10,
+                 activation="relu"):
         super().__init__()
         widths = [in_features, hidden] if isinstance(hidden, int) else [in_features, *hidden]
         self.hidden_layers = nn.ModuleList(
             nn.Linear(n_in, n_out) for n_in, n_out in zip(widths, widths[1:]))
+        self.activation = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh,
+                           "sigmoid": nn.Sigmoid, "identity": nn.Identity}[activation]()
         self.dropout = nn.Dropout(dropout)  # does nothing when dropout=0 or in eval()
         self.output_layer = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x):
         h = x.flatten(1)  # [B, 1, 28, 28] -> [B, 784]
         for linear in self.hidden_layers:
-            h = self.dropout(torch.relu(linear(h)))  # h = relu(W x + b)
+            h = self.dropout(self.activation(linear(h)))  # h = relu(W x + b), by default
         return self.output_layer(h)  # y = W h + b: the logits
 
 

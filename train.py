@@ -7,8 +7,18 @@ lesson is train_one_epoch: the training loop's six steps.
 
 import argparse
 import copy
+import os
 import sys
 import time
+
+# torch's threads, between two computations, spin only briefly (300 turns, a few
+# microseconds) and then sleep: a spinning thread takes the core its partner
+# needs on a machine that runs anything else, and each step then waits for it
+# (docs/speed.md, "A shared machine"). GOMP_SPINCOUNT is Linux's OpenMP's; the
+# others know only PASSIVE, sleeping at once. Set before torch is imported, which
+# starts the threads; a user's own settings win.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "300")
 
 import torch
 import torch.nn.functional as F
@@ -111,6 +121,8 @@ def make_parser():
     add = parser.add_argument_group("model").add_argument
     add("--hidden", type=cli.positive_int, nargs="+", default=[1024],
         help="width of each hidden layer (one: the lecture's MLP)")
+    add("--activation", choices=["relu", "gelu", "tanh", "sigmoid", "identity"], default="relu",
+        help="the non-linearity after each hidden layer (identity: none)")
     add("--dropout", type=cli.fraction, default=0.0, help="dropout after each hidden layer")
     add = parser.add_argument_group("optimization").add_argument
     add("--optimizer", type=str.lower, choices=["adam", "adamw", "sgd"], default="adam",
@@ -214,6 +226,7 @@ def make_scheduler(optimizer, args, steps_per_epoch):
 
 def main(argv=None):
     args, resumed = parse_args(argv)
+    args.threads = cli.use_threads(args.threads)  # recorded: the count changes the sums
     torch.manual_seed(args.seed)  # the initial weights and dropout
     try:
         train_set, val_set, normalization = data.train_val_sets(
@@ -228,11 +241,14 @@ def main(argv=None):
     if args.show_augmentation:
         from lab import pictures  # only here: importing matplotlib takes seconds
         return pictures.show_augmentation(args, train_set, normalization)
+    if args.batch_size >= len(train_set):  # known once the data is read, as a note
+        print(f"note: --batch-size {args.batch_size} takes all {len(train_set):,} training "
+              f"images in one step: one step an epoch, {args.epochs} in the run")
     shuffling = torch.Generator().manual_seed(args.seed)
     train_loader = data.make_loader(train_set, args.batch_size, shuffle=True, generator=shuffling)
     val_loader = data.make_loader(val_set, batch_size=1000, shuffle=False)
 
-    model = MLP(args.hidden, args.dropout).to(args.device)
+    model = MLP(args.hidden, args.dropout, activation=args.activation).to(args.device)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     optimizer = make_optimizer(model, args)
     scheduler = make_scheduler(optimizer, args, len(train_loader))
@@ -249,7 +265,8 @@ def main(argv=None):
             history = checkpoint.restore(resumed, args, model, averaged, optimizer, scheduler,
                                      generators)
             saved_epoch = len(history)
-        print(f"training a {[28 * 28, *args.hidden, 10]} MLP with {args.optimizer} at --lr "
+        print(f"training a {[28 * 28, *args.hidden, 10]} {args.activation} MLP with "
+              f"{args.optimizer} at --lr "
               f"{args.lr:g} on {len(train_set):,} {args.dataset} images ({len(val_set):,} held "
               f"out for validation) on {args.device}" + (
                   f", resuming after epoch {saved_epoch} of {args.epochs}" if resumed else ""))

@@ -40,6 +40,10 @@ import subprocess
 import tempfile
 import time
 
+# torch's threads wait as in train.py (which says why), set before torch starts them.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("GOMP_SPINCOUNT", "300")
+
 import torch
 import torch.nn.functional as F
 
@@ -242,6 +246,7 @@ def peak_memory_mib():
 
 def main(argv=None):
     args = parse_args(argv)
+    cli.use_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
         root, source = args.data_dir, f"MNIST in {args.data_dir}"
         if not has_mnist(root):

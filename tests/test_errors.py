@@ -74,7 +74,7 @@ def test_the_learning_rate_without_lr_is_the_optimizer_s_and_the_printout_says_i
                             "--epochs", 1, "--hidden", 16, "--val-size", 100,
                             "--out", tmp_path / "m.pt")
     assert code == 0, err
-    assert stdout.startswith("training a [784, 16, 10] MLP with sgd at --lr 0.1 on ")
+    assert stdout.startswith("training a [784, 16, 10] relu MLP with sgd at --lr 0.1 on ")
     assert load_checkpoint(tmp_path / "m.pt")[1]["train_args"]["lr"] == 0.1
 
 

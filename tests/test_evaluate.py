@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import (
     PROJECT,
+    assert_one_line_error,
     job,
     job_result,
     mnist_test_set,
@@ -16,8 +17,10 @@ from conftest import (
 )
 from PIL import Image
 
+import checkpoint as checkpoint_file
 import data
 import evaluate
+import train
 from checkpoint import load_checkpoint
 from model import MLP, logits_and_labels
 
@@ -125,3 +128,48 @@ def test_command_line_train_then_evaluate(fresh_interpreters, request):
     assert evaluated.returncode == 0, evaluated.stderr
     assert "test accuracy" in evaluated.stdout
     assert json.loads((folder / "m.json").read_text())["images"] == 200
+
+
+def test_the_activation_is_saved_named_and_rebuilt(capsys, mnist, tmp_path):
+    out = tmp_path / "sigmoid.pt"
+    code, stdout, err = run(capsys, train, "--data-dir", mnist, "--epochs", 1, "--hidden", 32,
+                            "--activation", "sigmoid", "--val-size", 100, "--out", out)
+    assert code == 0, err
+    assert stdout.startswith("training a [784, 32, 10] sigmoid MLP with adam")
+    model, saved = load_checkpoint(out)
+    assert saved["config"]["activation"] == "sigmoid"
+    assert isinstance(model.activation, torch.nn.Sigmoid)
+    code, stdout, _ = run(capsys, evaluate, out, "--data-dir", mnist)
+    assert code == 0 and stdout.startswith(f"{out}: a [784, 32, 10] sigmoid MLP trained with adam "
+                                           f"on mnist, ")
+
+
+def test_a_checkpoint_that_model_py_no_longer_reproduces_is_refused(capsys, checkpoint, mnist,
+                                                                     monkeypatch):
+    """model.py edited after training (its ReLU made a sigmoid, as a homework does):
+    the same weights give other logits, and every reader refuses in one line."""
+    class EditedMLP(MLP):
+        def __init__(self, *args, activation="relu", **kwargs):
+            super().__init__(*args, activation="sigmoid", **kwargs)
+
+    monkeypatch.setattr(checkpoint_file, "MLP", EditedMLP)
+    code, _, err = run(capsys, evaluate, checkpoint, "--data-dir", mnist)
+    assert_one_line_error(code, err, "model.py computes other outputs", "train again")
+
+
+def test_a_checkpoint_saved_before_activations_were_a_flag_reads_as_relu(checkpoint, tmp_path):
+    older = torch.load(checkpoint, weights_only=True)
+    del older["probe"], older["config"]["activation"]
+    torch.save(older, tmp_path / "older.pt")
+    model, _ = load_checkpoint(tmp_path / "older.pt")
+    expected, _ = load_checkpoint(checkpoint)
+    images = torch.randn(8, 1, 28, 28)
+    assert isinstance(model.activation, torch.nn.ReLU)
+    assert torch.equal(model.eval()(images), expected.eval()(images))
+
+
+def test_without_data_dir_the_test_set_is_read_where_the_model_was_trained(capsys, checkpoint):
+    """The checkpoint fixture was trained with --data-dir on the small data set."""
+    code, stdout, err = run(capsys, evaluate, checkpoint)
+    assert code == 0, err
+    assert "of 200 images)" in stdout  # the small data set's 200 test images

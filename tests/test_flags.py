@@ -30,6 +30,8 @@ ACTING = [
       for optimizer in ("adam", "adamw", "sgd")],
     *[("--scheduler", [], ["--scheduler", scheduler]) for scheduler in ("none", "step", "cosine")],
     ("--gamma", ["--scheduler", "step", "--epochs", "2"], ["--gamma", "0.5"]),
+    *[("--activation", [], ["--activation", activation])
+      for activation in ("gelu", "tanh", "sigmoid", "identity")],
     ("--batch-size", [], ["--batch-size", "25"]),
     ("--epochs", [], ["--epochs", "2"]),
     ("--label-smoothing", [], ["--label-smoothing", "0.2"]),
@@ -69,7 +71,8 @@ def same_weights(first, second):
 
 
 # The flags of the "data and output" group: the others shape the training.
-DATA_AND_OUTPUT = {"dataset", "val_size", "seed", "device", "data_dir", "out", "log", "resume"}
+DATA_AND_OUTPUT = {"dataset", "val_size", "seed", "device", "threads", "data_dir", "out", "log",
+                   "resume"}
 
 
 def test_every_training_flag_has_a_row_in_the_table():
@@ -97,6 +100,19 @@ def test_a_flag_that_cannot_act_is_named_in_a_note_and_changes_nothing(
     notes = [line for line in printed.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and notes[0].startswith(f"note: {idle[0]} ") and reason in notes[0]
     assert same_weights(without, with_it)
+
+
+def test_a_batch_of_every_training_image_is_named_in_a_note_before_training(saved_weights):
+    """The small data set's run trains on 500 images (100 held out)."""
+    _, printed = saved_weights("--batch-size", "500")
+    lines = printed.splitlines()
+    notes = [line for line in lines if line.startswith("note:")]
+    assert notes == ["note: --batch-size 500 takes all 500 training images in one step: one "
+                     "step an epoch, 1 in the run"]
+    assert lines.index(notes[0]) < next(i for i, line in enumerate(lines)
+                                        if line.startswith("epoch  train loss"))
+    _, printed = saved_weights("--batch-size", "499")
+    assert "note:" not in printed
 
 
 def test_with_show_augmentation_every_training_flag_is_named(pictures, capsys, mnist, tmp_path,

@@ -3,6 +3,7 @@ pasted alone into homework, the README's own-code block, the reading order's
 counts, and what a default run reads."""
 
 import ast
+import json
 import os
 import re
 import subprocess
@@ -19,13 +20,18 @@ from conftest import (
     pasted_alone,
     readme_block,
     readme_section,
+    run,
     run_command,
     source_of,
+    write_idx,
 )
 from torch import nn
 
+import data
+import evaluate
 import train
-from model import MLP
+from checkpoint import load_checkpoint
+from model import MLP, logits_and_labels
 
 # ----------------------------------------------------------------------------
 # Copied into homework: the MLP, the loop and the Dataset each run alone
@@ -69,7 +75,7 @@ def run_the_readme_block_as_homework(folder):
 def test_the_readme_s_own_code_block_is_made_of_the_pieces_and_runs(fresh_interpreters,
                                                                       request):
     block = readme_block("Use it in your own code")
-    assert len(block.splitlines()) <= 70
+    assert len(block.splitlines()) <= 75
     for path, name in (("model.py", "MLP"), ("train.py", "train_one_epoch"),
                        ("model.py", "logits_and_labels")):
         assert code_of(block, name) == code_of(source_of(path, name), name), name
@@ -91,10 +97,10 @@ def run_the_changed_block_as_homework(folder):
     block = readme_block("Use it in your own code")
     sgd = re.search(r"`(torch\.optim\.SGD\(model\.parameters\(\), [^`]*\))`",
                     readme_section("Use it in your own code"))[1]
-    block = block.replace("model = MLP(1024)", "model = MLP([512, 256])")
+    block = block.replace("model = MLP(1024, ", "model = MLP([512, 256], ")
     block = block.replace("optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)",
                           f"optimizer = {sgd}")
-    assert "MLP([512, 256])" in block and "optim.SGD" in block
+    assert "MLP([512, 256], " in block and "optim.SGD" in block
     (folder / "homework.py").write_text(block)
     return subprocess.run([sys.executable, "homework.py"], cwd=folder, capture_output=True,
                           text=True, timeout=120)
@@ -157,7 +163,7 @@ def test_one_width_is_the_default_everywhere():
     hidden = train.make_parser().parse_args([]).hidden
     assert len(hidden) == 1
     assert [layer.out_features for layer in MLP().hidden_layers] == hidden
-    assert f"model = MLP({hidden[0]})" in readme_block("Use it in your own code")
+    assert f"model = MLP({hidden[0]}, activation=" in readme_block("Use it in your own code")
 
 
 def test_the_loop_pasted_alone_stops_a_diverging_run_at_the_step():
@@ -169,3 +175,54 @@ def test_the_loop_pasted_alone_stops_a_diverging_run_at_the_step():
     optimizer = torch.optim.SGD(model.parameters(), lr=1e6)
     with pytest.raises(FloatingPointError, match=r"the loss reached \S+ at step \d of 4"):
         pasted["train_one_epoch"](model, train_loader, nn.CrossEntropyLoss(), optimizer)
+
+
+def digits_with_mnist_s_pixel_statistics(count, generator):
+    """Ten fixed random patterns of ink (level 218) on black, with noise: each
+    pixel of a pattern's ink left out with probability 0.3, and as much ink
+    added at random elsewhere. The pixels' mean and standard deviation are then
+    MNIST's, 0.1307 and 0.3081, to a few thousandths; and the digits are hard
+    enough that inputs scaled otherwise than in training are read worse."""
+    patterns = torch.rand(10, 28, 28, generator=torch.Generator().manual_seed(1)) < 0.1525
+    labels = torch.arange(count) % 10
+    noise = torch.rand(count, 28, 28, generator=generator)
+    ink = torch.where(patterns[labels], noise >= 0.3, noise < 0.3 * 0.1525 / 0.8475)
+    return (ink * 218).to(torch.uint8), labels.to(torch.uint8)
+
+
+def test_the_readme_s_block_reads_a_model_pt_as_evaluate_py_does(capsys, tmp_path):
+    """The block's inputs are normalized as train.py's: a model.pt that
+    train.py trained on digits with MNIST's pixel statistics reads the test
+    digits through the block's pipeline (torchvision, its to_inputs) within 0.1
+    point of evaluate.py."""
+    from torchvision import datasets, transforms  # only here: importing it takes seconds
+
+    raw = data.raw_folder(tmp_path, "mnist")
+    os.makedirs(raw)
+    generator = torch.Generator().manual_seed(0)
+    for split, count in (("train", 2000), ("test", 1000)):
+        images, labels = digits_with_mnist_s_pixel_statistics(count, generator)
+        write_idx(os.path.join(raw, data.FILES[split][0]), images)
+        write_idx(os.path.join(raw, data.FILES[split][1]), labels)
+    code, _, err = run(capsys, train, "--data-dir", tmp_path, "--epochs", 1, "--hidden", 64,
+                       "--val-size", 100, "--out", tmp_path / "model.pt")
+    assert code == 0, err
+    code, _, err = run(capsys, evaluate, tmp_path / "model.pt", "--data-dir", tmp_path,
+                       "--json", tmp_path / "m.json")
+    assert code == 0, err
+    by_evaluate = json.loads((tmp_path / "m.json").read_text())["test_accuracy"]
+
+    block = readme_block("Use it in your own code")
+    to_inputs_line = next(line for line in block.splitlines() if line.startswith("to_inputs ="))
+    namespace = {"transforms": transforms}
+    exec(to_inputs_line, namespace)
+    test_set = datasets.MNIST(tmp_path, train=False, transform=namespace["to_inputs"])
+    model, _ = load_checkpoint(tmp_path / "model.pt")
+    logits, labels = logits_and_labels(model, torch.utils.data.DataLoader(test_set, 1000))
+    by_the_block = (logits.argmax(dim=1) == labels).float().mean().item()
+    assert 0.5 < by_evaluate < 0.99  # hard enough for the scaling to matter
+    assert abs(by_the_block - by_evaluate) <= 0.001, (by_the_block, by_evaluate)
+    # The same pipeline without the normalization reads worse: the test can tell.
+    plain = datasets.MNIST(tmp_path, train=False, transform=transforms.ToTensor())
+    logits, _ = logits_and_labels(model, torch.utils.data.DataLoader(plain, 1000))
+    assert (logits.argmax(dim=1) == labels).float().mean().item() < by_evaluate - 0.02

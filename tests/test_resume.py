@@ -204,6 +204,30 @@ def test_resume_stays_on_the_runs_own_device_unless_told(capsys, mnist, tmp_path
     assert train.parse_args(["--resume", str(out)])[0].device == cli.device("auto")
 
 
+def test_a_run_records_its_threads_and_resume_keeps_them_unless_told(capsys, mnist, tmp_path,
+                                                                      monkeypatch):
+    """The thread count changes the order of sums, so the weights: a run records
+    it, and --resume computes with it again, unless --threads or the user's
+    OMP_NUM_THREADS says otherwise, which the run then names in a note."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    out = in_progress_checkpoint(mnist, tmp_path, monkeypatch, capsys)
+    assert torch.load(out, weights_only=True)["train_args"]["threads"] == torch.get_num_threads()
+    stored = torch.get_num_threads()
+    assert train.parse_args(["--resume", str(out)])[0].threads == stored
+    assert train.parse_args(["--resume", str(out), "--threads", "3"])[0].threads == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert train.parse_args(["--resume", str(out)])[0].threads is None  # torch's: the user's
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    try:
+        code, stdout, err = run(capsys, train, "--resume", out, "--data-dir", mnist,
+                                "--threads", stored + 1)
+    finally:
+        torch.set_num_threads(stored)
+    assert code == 0, err
+    assert (f"note: the run continues on {stored + 1} CPU threads, not its own {stored}: its "
+            f"sums, and so its weights, will differ a little") in stdout
+
+
 def test_a_run_moved_from_a_gpu_to_the_cpu_resumes(capsys, mnist, tmp_path, monkeypatch):
     """A CUDA generator's state (16 bytes of Philox) cannot be set on a CPU
     generator: the distortions continue from a fresh draw, and the run goes on."""
