@@ -25,6 +25,7 @@ if not __package__:  # python lab/pictures.py: Python would look for cli.py and 
     sys.exit("run it from the project's folder as a module: python -m lab.pictures "
              + " ".join(sys.argv[1:]))
 
+import math
 
 import matplotlib
 import torch
@@ -61,6 +62,9 @@ def learning_curves(runs, caption=()):
             accuracy_axes.plot(epochs, [100 * row[f"{split}_accuracy"] for row in metrics],
                                style, color=f"C{index}", marker=".", label=name)
     loss_axes.set(title="loss (log scale)", xlabel="epoch", yscale="log")
+    # Down to the power of ten below the lowest loss, which has a labelled tick
+    # (the axis would otherwise end between 0.1 and 0.2, labelled from 0.2 up).
+    loss_axes.set_ylim(bottom=10 ** math.floor(math.log10(loss_axes.get_ylim()[0])))
     for ticks in (loss_axes.yaxis.set_major_formatter, loss_axes.yaxis.set_minor_formatter):
         ticks("{x:g}")  # 0.6, not 6 x 10^-1
     accuracy_axes.set(title="accuracy (%)", xlabel="epoch")
@@ -70,9 +74,13 @@ def learning_curves(runs, caption=()):
     caption_top = -0.02  # in figure heights, below the axes
     if len(runs) == 1:
         accuracy_axes.legend()
-    else:  # below the axes, where it hides no curve: a row for each run
-        figure.legend(*loss_axes.get_legend_handles_labels(), loc="upper center",
-                      bbox_to_anchor=(0.5, caption_top), ncols=2, fontsize=8)
+    else:  # below the axes, where it hides no curve: a row for each run, its
+        # training curve, then its validation curve (the legend fills column by column)
+        handles, labels = loss_axes.get_legend_handles_labels()
+        by_split = sorted(zip(handles, labels), key=lambda entry: entry[1].endswith("validation"))
+        both = len(labels) == 2 * len(runs)
+        figure.legend(*zip(*by_split) if both else (handles, labels), loc="upper center",
+                      bbox_to_anchor=(0.5, caption_top), ncols=2 if both else 1, fontsize=8)
         caption_top -= 0.045 * len(runs) + 0.03
     figure.text(0.07, caption_top, "\n".join(caption), ha="left", va="top", fontsize=8)
     return figure

@@ -30,6 +30,21 @@ def test_learning_curves_plot_the_stored_metrics(pictures, checkpoint):
                                                         for row in metrics]
 
 
+def test_runs_compared_have_a_legend_row_each_and_a_labelled_lowest_tick(pictures):
+    """Three runs: the legend fills column by column, so each row is one run's
+    training curve and its validation curve; the loss axis reaches down to the
+    power of ten below the lowest loss, a labelled tick."""
+    def metrics(loss):
+        return [{"epoch": epoch, "train_loss": loss * 4, "val_loss": loss / epoch,
+                 "train_accuracy": 0.9, "val_accuracy": 0.9} for epoch in (1, 2)]
+
+    figure = pictures.learning_curves({"a": metrics(0.3), "b": metrics(0.25), "c": metrics(0.4)})
+    texts = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert texts == ["a, training batches", "b, training batches", "c, training batches",
+                     "a, validation", "b, validation", "c, validation"]
+    assert figure.axes[0].get_ylim()[0] == pytest.approx(0.1)  # the lowest loss is 0.125
+
+
 def test_each_weight_tile_is_that_unit_s_weights_rescaled(pictures):
     weight = torch.randn(12, 784)
     figure = pictures.first_layer_weights(weight)
