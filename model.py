@@ -22,8 +22,8 @@ class MLP(nn.Module):
 
     hidden: the width of each hidden layer, MLP([1000, 500]), or one width.
     activation: the pointwise non-linearity, "relu" (the lecture's), "gelu",
-    "tanh", "sigmoid", or "identity" (none: the layers then collapse into one
-    linear map, which is what the non-linearity adds to).
+    "tanh", "sigmoid", or "identity" (none: the layers then make one linear
+    map, as a single layer would, which is what a non-linearity lifts).
     """
 
     def __init__(self, hidden=(1024,), dropout=0.0, in_features=28 * 28, num_classes=10,
