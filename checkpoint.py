@@ -166,9 +166,9 @@ class RefusedFlag(ValueError):
     of the run that cannot be written any more."""
 
 
-def resumed_args(args, given, may_change):
+def resumed_args(args, given):
     """For --resume: the flags stored in the checkpoint, but for those of
-    `may_change` among the `given` ones (where the data is read, the run written
+    cli.WHERE_FLAGS among the `given` ones (where the data is read, the run written
     and computed), and the checkpoint. Raises CheckpointError for a file that
     cannot be resumed, RefusedFlag for a given flag that differs from the run's
     own or an output that cannot be written."""
@@ -178,7 +178,7 @@ def resumed_args(args, given, may_change):
         raise CheckpointError(f"{args.resume}: saved by another version of train.py, whose "
                               f"flags differ from this one's; start the run again")
     for name, value in given.items():
-        if name not in may_change and value != stored[name]:
+        if name not in cli.WHERE_FLAGS and value != stored[name]:
             flag = cli.as_flag(name, value)
             raise RefusedFlag(f"{flag} would change the run in {args.resume} "
                               f"({cli.as_flag(name, stored[name])}), which --resume "

@@ -182,7 +182,7 @@ def parse_args(argv=None):
     resumed = None
     if args.resume is not None:
         try:
-            args, resumed = checkpoint.resumed_args(args, given, may_change=cli.WHERE_FLAGS)
+            args, resumed = checkpoint.resumed_args(args, given)
         except checkpoint.RefusedFlag as error:
             parser.error(str(error))
         except checkpoint.CheckpointError as error:
