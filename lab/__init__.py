@@ -7,6 +7,7 @@ lesson's modules (model.py, data.py, cli.py, checkpoint.py) beside it:
     python -m lab.draw model.pt                 # draw in the browser (draw.html)
     python -m lab.pictures model.pt --curves curves.png
     python -m lab.zipcodes model.pt             # rows of test digits, read and measured
+    python -m lab.pages model.pt                # digits on pencil, pen, ruled pages: measured
     python -m lab.crowd model.pt                # the drawing page under a class at once
     python -m lab.benchmark                     # the training speed, against the tutorial's
 

@@ -179,19 +179,23 @@ def ink_level(ink):
     return level
 
 
-def prepare(gray):
-    """Grey levels [H, W] in [0, 1] -> a 28 x 28 digit in [0, 1] as MNIST's were:
-    white ink on black, cropped, longer side 20 pixels, centred by mass."""
-    # Paper is mostly background, so the border's typical value is the
-    # background: MNIST has white ink on black, so light paper is inverted.
-    border = torch.cat([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if border.median() > 0.5:
-        gray = 1 - gray
-    ink = (gray - border.median().clamp(max=0.5)).clamp(min=0)
-    # Scaled so that the ink is 1; faint shadows dropped.
-    level = ink_level(ink)
-    ink = (ink / level).clamp(max=1)
-    ink[ink < segment.INK] = 0
+def ink_of(gray):
+    """Grey levels [H, W] in [0, 1] -> the ink, white on black, over the paper's
+    own level where it lies (segment.ink_on_black: shadows, uneven light and
+    printed lines taken away), scaled so that its brightest strokes are 1; NoInk
+    if there is none: pencil, coloured and grey ink read as a dark pen does."""
+    ink = segment.ink_on_black(gray)
+    return ink / ink_level(ink)
+
+
+def centred(ink):
+    """The ink [H, W], white on black, its strokes 1 -> a 28 x 28 digit as
+    MNIST's were: faint shadows dropped, cropped, longer side 20 pixels,
+    centred by mass."""
+    ink = ink.clamp(max=1)
+    # ink: a quarter as bright as the strokes, over a 3 x 3 square (a speck of noise is not)
+    around = F.avg_pool2d(ink[None], 3, stride=1, padding=1, count_include_pad=False)[0]
+    ink = torch.where((ink < segment.INK) | (around < segment.INK), 0, ink)
     rows, columns = ink.sum(dim=1).nonzero(), ink.sum(dim=0).nonzero()
     ink = thicken(ink[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1])  # cropped to the ink
     height, width = ink.shape
@@ -210,6 +214,11 @@ def prepare(gray):
     return frame
 
 
+def prepare(gray):
+    """Grey levels [H, W] in [0, 1] -> the 28 x 28 digit the model reads."""
+    return centred(ink_of(gray))
+
+
 @torch.no_grad()  # per thread: draw.py's server asks from several at once
 def class_probabilities(model, digits, normalization):
     """The model's probability of each class [N, classes] for prepared 28 x 28
@@ -221,15 +230,15 @@ def class_probabilities(model, digits, normalization):
 
 def read_digits(gray, model, checkpoint, count=None):
     """The digits in an image, left to right: [(28 x 28 digit, probabilities,
-    uncertain)]. One digit alone is the whole image prepared, as ever; in a row,
-    each digit is its own ink on black, prepared the same way."""
-    ink = segment.ink_on_black(gray)
-    level = ink_level(ink)
+    uncertain)]. One digit alone is the whole image's ink prepared; in a row,
+    each digit is its own, prepared the same way."""
+    ink = ink_of(gray)
     normalization = checkpoint["normalization"]
 
-    def prepared(mask):  # the mask widened by a pixel, for the strokes' soft edges;
-        # the ink scaled to the row's darkest, so a faint digit beside a dark one is ink too
-        return prepare(ink / level * F.max_pool2d(mask[None].float(), 3, stride=1, padding=1)[0])
+    def prepared(mask):  # the mask widened by a pixel, for the strokes' soft edges; each
+        # digit scaled to its own brightest strokes, so a faint one beside a dark one is ink too
+        piece = ink * F.max_pool2d(mask[None].float(), 3, stride=1, padding=1)[0]
+        return centred(piece / brightest_3x3_average(piece))
 
     def read(masks):
         return class_probabilities(model, torch.stack([prepared(m) for m in masks]),
@@ -240,11 +249,11 @@ def read_digits(gray, model, checkpoint, count=None):
     smoothing = checkpoint["train_args"]["label_smoothing"]
     sure = 1 - smoothing + smoothing / len(checkpoint["classes"])
     try:
-        found = segment.find_digits(ink, level, read, sure, MAX_DIGITS, count)
+        found = segment.find_digits(ink, 1.0, read, sure, MAX_DIGITS, count)
     except segment.TooManyDigits:
         raise ImageError(f"more than {MAX_DIGITS} digits: a row of at most {MAX_DIGITS} "
                          f"is read") from None
-    digits = [prepare(gray)] if len(found) == 1 else [prepared(mask) for mask, _ in found]
+    digits = [centred(ink)] if len(found) == 1 else [prepared(mask) for mask, _ in found]
     probabilities = class_probabilities(model, torch.stack(digits), normalization)
     return [(digit, p, uncertain and len(found) > 1)
             for digit, p, (_, uncertain) in zip(digits, probabilities, found)]

@@ -25,6 +25,12 @@ INK = 0.25
 # digits are found at most SEGMENT_SIZE a side (a 1 to 2-pixel gap between
 # digits on a 1,024-pixel photo may close): both far quicker than at full size.
 PAPER_SIZE, SEGMENT_SIZE = 128, 512
+# Printed lines (ruled and squared paper, a margin) are found at most LINES_SIZE
+# pixels a side: ink at least LINE_INK bright (in [0, 1] above the paper), in a
+# line that runs to within LINE_REACH of both opposite edges of the image,
+# within LINE_TILT degrees of horizontal or vertical, at most LINE_WIDTH of the
+# image wide (a pen's 1 filling the photo is wider).
+LINES_SIZE, LINE_INK, LINE_REACH, LINE_TILT, LINE_WIDTH = 256, 0.05, 0.05, 5, 0.02
 # Strokes of fewer pixels than 2 % of the largest are specks of dust or noise.
 SPECK = 0.02
 # Strokes lower than 0.4 of the tallest are marks, not digits: part of the digit
@@ -69,19 +75,75 @@ def opening(image, size):
 
 def ink_on_black(gray):
     """Grey levels [H, W] in [0, 1] -> the ink's brightness above the paper:
-    light paper inverted, then the paper itself (the opening of the image,
-    smoothed so that noise does not pull it down, and shrunk to at most
-    PAPER_SIZE pixels a side, as light changes slowly) taken away, shadows and
-    uneven light with it."""
-    border = torch.cat([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if border.median() > 0.5:
-        gray = 1 - gray
+    the paper (the opening of the image, smoothed so that noise does not pull it
+    down, and shrunk to at most PAPER_SIZE pixels a side, as light changes
+    slowly) taken away, shadows and uneven light with it, and its printed lines.
+    Light paper is inverted first: the paper is most of the image's border, and
+    the ink is dark where the image strays further below the border's level than
+    above it (a page in dim light is dark, its ink darker still)."""
     smooth = F.avg_pool2d(gray[None], 5, stride=1, padding=2, count_include_pad=False)
     shrink = -(-max(gray.shape) // PAPER_SIZE)
     small = F.avg_pool2d(smooth, shrink, ceil_mode=True)[0]
+    border = torch.cat([small[0], small[-1], small[:, 0], small[:, -1]]).median()
+    if border - small.min() > small.max() - border:
+        gray, small = 1 - gray, 1 - small
     paper = opening(small, min(small.shape) // 2 * 2 + 1)
     paper = F.interpolate(paper[None, None], size=gray.shape, mode="bilinear")[0, 0]
-    return (gray - paper).clamp(min=0)
+    ink = (gray - paper).clamp(min=0)
+    # the lines' own level taken away, so that a darker stroke crossing one is kept
+    lines = torch.maximum(printed_lines(ink), printed_lines(ink.T).T)
+    return (ink - lines).clamp(min=0)
+
+
+def printed_lines(ink):
+    """The level of the printed lines that run across `ink` [H, W] near
+    horizontal (ruled and squared paper's), where they lie, else 0. A line:
+    ink that runs to within LINE_REACH of both sides, within LINE_TILT degrees
+    of horizontal, at most LINE_WIDTH of the height wide. Found at most
+    LINES_SIZE pixels a side, as ink along a few rows once the image is sheared
+    by each tilt in turn (a Hough transform kept to the lines that matter)."""
+    shrink = -(-max(ink.shape) // LINES_SIZE)
+    smooth = F.avg_pool2d(ink[None], 3, stride=1, padding=1, count_include_pad=False)
+    small = F.max_pool2d(smooth, shrink, ceil_mode=True)[0]  # thin lines kept
+    peaks = F.max_pool2d(ink[None], shrink, ceil_mode=True)[0]  # (smoothing dims a thin line)
+    height, width = small.shape
+    reach = math.ceil(LINE_REACH * width)
+    if not (small[:, :reach] >= LINE_INK).any() or not (small[:, -reach:] >= LINE_INK).any():
+        return torch.zeros_like(ink)  # nothing reaches both sides (a digit on plain paper)
+    tilts = torch.linspace(-LINE_TILT, LINE_TILT, 4 * LINE_TILT + 1)  # every half degree
+    # each tilt's row offset at each column, from the middle: [T, W]
+    offsets = ((torch.arange(width) - width / 2)[None] * torch.tan(tilts * math.pi / 180)[:, None]
+               ).round().long()
+    rows = torch.arange(height)[None, :, None] + offsets[:, None, :]  # [T, H, W]
+    inside = (rows >= 0) & (rows < height)
+    sheared = torch.where(inside, small[rows.clamp(0, height - 1), torch.arange(width)], 0.0)
+    # a row a line's tilt misses by a fraction of a degree still meets it within a row
+    near = F.max_pool1d(sheared.transpose(1, 2).reshape(-1, 1, height), 3, stride=1,
+                        padding=1).view(len(tilts), width, height).transpose(1, 2)
+    inked = near >= LINE_INK
+    columns = torch.arange(width)
+    first = torch.where(inked, columns, width).amin(dim=2)
+    last = torch.where(inked, columns, -1).amax(dim=2)
+    lines = (first < reach) & (last >= width - reach) & (
+        inked.sum(dim=2) >= (1 - 2 * LINE_REACH) * width)  # [T, H]
+    if not lines.any():
+        return torch.zeros_like(ink)
+    # the tilt whose lines are sharpest: their ink gathered in the fewest rows
+    tilt = ((sheared * lines[:, :, None]).sum(dim=2) ** 2).sum(dim=1).argmax()
+    lines, level = lines[tilt].tolist(), torch.zeros(height)
+    line_peaks = torch.where(inside[tilt], peaks[rows[tilt].clamp(0, height - 1),
+                                                 torch.arange(width)], 0.0)
+    starts = [y for y in range(height) if lines[y] and (y == 0 or not lines[y - 1])]
+    for start in starts:  # each line: its rows, as thin as a printed line, at its own level
+        end = start
+        while end < height and lines[end]:
+            end += 1
+        if end - start - 2 <= max(1, LINE_WIDTH * height):  # (`near` widened it by 2)
+            level[start:end] = line_peaks[start:end].amax(dim=0).median()
+    rows = torch.arange(height)[:, None] - offsets[tilt][None]  # back from sheared rows
+    level = torch.where((rows >= 0) & (rows < height), level[rows.clamp(0, height - 1)], 0.0)
+    level = level.repeat_interleave(shrink, 0).repeat_interleave(shrink, 1)
+    return level[:ink.shape[0], :ink.shape[1]]
 
 
 def label_strokes(mask):

@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import PROJECT, job, job_result, run_command
 
-LAB_SCRIPTS = ["benchmark", "crowd", "draw", "pictures", "predict", "zipcodes"]
+LAB_SCRIPTS = ["benchmark", "crowd", "draw", "pages", "pictures", "predict", "zipcodes"]
 
 
 def project_modules():
