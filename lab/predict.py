@@ -193,9 +193,7 @@ def centred(ink):
     MNIST's were: faint shadows dropped, cropped, longer side 20 pixels,
     centred by mass."""
     ink = ink.clamp(max=1)
-    # ink: a quarter as bright as the strokes, over a 3 x 3 square (a speck of noise is not)
-    around = F.avg_pool2d(ink[None], 3, stride=1, padding=1, count_include_pad=False)[0]
-    ink = torch.where((ink < segment.INK) | (around < segment.INK), 0, ink)
+    ink = torch.where(ink < segment.INK, 0, ink)
     rows, columns = ink.sum(dim=1).nonzero(), ink.sum(dim=0).nonzero()
     ink = thicken(ink[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1])  # cropped to the ink
     height, width = ink.shape
@@ -214,9 +212,18 @@ def centred(ink):
     return frame
 
 
+def alone(ink):
+    """The ink of an image of one digit, as ink_of gives it -> the 28 x 28 digit:
+    specks of noise left out (ink is a quarter as bright as the strokes over a
+    3 x 3 square too; a speck is not), so that they do not widen the crop."""
+    around = F.avg_pool2d(ink.clamp(max=1)[None], 3, stride=1, padding=1,
+                          count_include_pad=False)[0]
+    return centred(torch.where(around < segment.INK, 0, ink))
+
+
 def prepare(gray):
     """Grey levels [H, W] in [0, 1] -> the 28 x 28 digit the model reads."""
-    return centred(ink_of(gray))
+    return alone(ink_of(gray))
 
 
 @torch.no_grad()  # per thread: draw.py's server asks from several at once
@@ -253,7 +260,7 @@ def read_digits(gray, model, checkpoint, count=None):
     except segment.TooManyDigits:
         raise ImageError(f"more than {MAX_DIGITS} digits: a row of at most {MAX_DIGITS} "
                          f"is read") from None
-    digits = [centred(ink)] if len(found) == 1 else [prepared(mask) for mask, _ in found]
+    digits = [alone(ink)] if len(found) == 1 else [prepared(mask) for mask, _ in found]
     probabilities = class_probabilities(model, torch.stack(digits), normalization)
     return [(digit, p, uncertain and len(found) > 1)
             for digit, p, (_, uncertain) in zip(digits, probabilities, found)]

@@ -38,6 +38,9 @@ SPECK = 0.02
 MARK = 0.4
 # Strokes whose widths overlap by half the narrower one are one digit.
 SAME_DIGIT = 0.5
+# Pieces whose widths overlap and whose heights overlap, or leave a gap, of at
+# most STACKED of the shorter one's lie one above the other: one digit.
+STACKED = 0.3
 # Measured in the row's height: a cluster wider than WIDE may hold several
 # digits (the boxes of the ink of MNIST's 60,000 training digits: half are at
 # most 0.8 times as wide as high, 99 % at most 1.43); a digit cut from it is
@@ -171,8 +174,9 @@ def label_strokes(mask):
 
 
 def clusters(mask):
-    """The mask's digits or clusters of touching digits, left to right: a mask
-    and a box (x0, y0, x1, y1) each; and the row's height, their median."""
+    """The mask's digits or clusters of touching digits, left to right: a mask,
+    a box (x0, y0, x1, y1) and whether it is one digit of pieces one above the
+    other, each; and the row's height, their median."""
     labels = label_strokes(mask)
     ys, xs = mask.nonzero().T
     ids, which = labels[ys, xs].unique(return_inverse=True)
@@ -198,7 +202,20 @@ def clusters(mask):
             found[best] = [found[best][0] + [i], joined(found[best][1], box)]
         else:
             found.append([[i], box])
+    stacked = next(((a, b) for a in range(len(found)) for b in range(a)
+                    if one_above_the_other(found[a][1], found[b][1])), None)
+    pieces = [[box] for _, box in found]  # each digit's pieces one above the other
+    while stacked:  # an 8's two loops, an italic 8 whose loops do not meet: one digit
+        a, b = stacked
+        found[b] = [found[b][0] + found[a][0], joined(found[b][1], found[a][1])]
+        pieces[b] += pieces.pop(a)
+        del found[a]
+        stacked = next(((a, b) for a in range(len(found)) for b in range(a)
+                        if one_above_the_other(found[a][1], found[b][1])), None)
     height = sorted(box[3] - box[1] for _, box in found)[len(found) // 2]
+    # a digit of pieces one above the other, none of them wider than a digit, is not cut
+    whole = [len(boxes) > 1 and all(box[2] - box[0] <= WIDE * height for box in boxes)
+             for boxes in pieces]
     for i, box in strokes:  # the marks, each with the digit it lies within
         if box[3] - box[1] < MARK * tallest:
             x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
@@ -209,8 +226,19 @@ def clusters(mask):
                     digit[0].append(i)
                     digit[1] = joined(digit[1], box)
                     break
-    found.sort(key=lambda digit: digit[1][0])
-    return [(torch.isin(labels, torch.tensor(i)), box) for i, box in found], height
+    order = sorted(range(len(found)), key=lambda n: found[n][1][0])
+    return [(torch.isin(labels, torch.tensor(found[n][0])), found[n][1], whole[n])
+            for n in order], height
+
+
+def one_above_the_other(box, other):
+    """Whether two pieces' boxes lie one above the other: their widths overlap,
+    and their heights overlap, or leave a gap, of at most STACKED of the
+    shorter one's height (digits side by side share most of theirs)."""
+    across = min(box[2], other[2]) - max(box[0], other[0])
+    up_and_down = min(box[3], other[3]) - max(box[1], other[1])  # less than 0: a gap
+    return across > 0 and abs(up_and_down) <= STACKED * min(box[3] - box[1],
+                                                             other[3] - other[1])
 
 
 def joined(box, other):
@@ -243,16 +271,17 @@ def cut_paths(mask, starts, band):
     return paths, ink[torch.arange(height), paths].sum(dim=1)
 
 
-def cuttings(mask, box, height, read, sure, narrow_too=False):
+def cuttings(mask, box, height, read, sure, narrow_too=False, whole=False):
     """The best ways to cut one cluster into digits: {number of digits:
-    (score, [(mask, uncertain)])}. A cluster no wider than a digit is one,
-    unless `narrow_too` (set when a count of digits is to be reached)."""
+    (score, [(mask, uncertain)])}. A cluster no wider than a digit, or `whole`
+    (a digit of pieces one above the other), is one, unless `narrow_too` (set
+    when a count of digits is to be reached)."""
     x0, y0, x1, y1 = box
     width = x1 - x0
     region = mask[y0:y1, x0:x1]
     edge = round(NARROWEST * height)
     starts = list(range(edge, width - edge + 1, max(1, round(STEP * height)))) \
-        if narrow_too or width > WIDE * height else []
+        if narrow_too or (width > WIDE * height and not whole) else []
     cuts = [(torch.zeros(y1 - y0, dtype=torch.long), 0.0)]
     if starts:
         paths, ink = cut_paths(region, starts, max(1, round(BAND * height)))
@@ -269,7 +298,10 @@ def cuttings(mask, box, height, read, sure, narrow_too=False):
             if (i, j) == (0, len(cuts) - 1) or (
                     NARROWEST * height <= middles[j] - middles[i] <= WIDEST * height):
                 piece = region & (columns >= cuts[i][0][:, None]) & (columns < cuts[j][0][:, None])
-                if piece.any():
+                rows = piece.any(dim=1).nonzero()
+                # (a piece lower than a digit is a mark: a 7's bar cut off its stem is not a 4)
+                if len(rows) and ((i, j) == (0, len(cuts) - 1)
+                                  or rows[-1] - rows[0] + 1 >= MARK * height):
                     whole = torch.zeros_like(mask)
                     whole[y0:y1, x0:x1] = piece
                     pieces[i, j] = whole
@@ -300,7 +332,7 @@ def find_digits(ink, level, read, sure, most, count=None):
     shrink = -(-max(inked.shape) // SEGMENT_SIZE)
     small = F.max_pool2d(inked[None].float(), shrink, ceil_mode=True)[0] > 0
     found, height = clusters(small)
-    if len(found) > most or sum(box[2] - box[0] for _, box in found) > most * WIDEST * height:
+    if len(found) > most or sum(box[2] - box[0] for _, box, _ in found) > most * WIDEST * height:
         raise TooManyDigits(f"more than {most} digits")
 
     def full_size(mask):
@@ -308,22 +340,38 @@ def find_digits(ink, level, read, sure, most, count=None):
             :inked.shape[0], :inked.shape[1]] & inked
 
     options = [cuttings(mask, box, height, lambda masks: read([full_size(m) for m in masks]),
-                        sure, count is not None) for mask, box in found]
-    if count is None:  # each cluster cut as it reads best
-        chosen = [piece for cluster in options for piece in max(
-            cluster.values(), key=lambda option: option[0] + PER_DIGIT * len(option[1]))[1]]
-    else:
-        totals = {0: (0.0, [])}  # digits so far: the best score and its pieces
-        for cluster in options:
-            more = {}
-            for total, (score, pieces) in totals.items():
-                for n, (gain, added) in cluster.items():
-                    if total + n <= count and score + gain > more.get(total + n, (-torch.inf,))[0]:
-                        more[total + n] = (score + gain, pieces + added)
-            totals = more
-        if count not in totals:  # as many as can be found
-            return find_digits(ink, level, read, sure, most)
-        chosen = totals[count][1]
+                        sure, count is not None, whole) for mask, box, whole in found]
+    # Neighbours side by side, less than NARROWEST of the height apart or
+    # overlapping (by less than clusters() joins outright), together no wider than
+    # a digit, are one digit where the model reads them more surely joined: a 4
+    # written in two strokes, a pencil stroke broken by the paper's grain.
+    pairs = [n for n in range(len(found) - 1)
+             if found[n + 1][1][0] - found[n][1][2] < NARROWEST * height
+             and max(found[n][1][2], found[n + 1][1][2]) - found[n][1][0] <= WIDE * height]
+    joins = {}
+    if pairs:
+        masks = [found[n][0] | found[n + 1][0] for n in pairs]
+        surety = (read([full_size(m) for m in masks]).max(dim=1).values / sure).tolist()
+        joins = {n: (math.log(s), [(m, s < UNSURE)]) for n, m, s in zip(pairs, masks, surety)}
+    gain_per_digit = PER_DIGIT if count is None else 0  # (a count says how many)
+    best = {(0, 0): (0.0, [])}  # (clusters read, digits so far): the best score, its pieces
+    for start in range(len(found)):
+        steps = [(start + 1, n, option) for n, option in options[start].items()]
+        if start in joins:
+            steps.append((start + 2, 1, joins[start]))
+        for (at, total), (score, chosen) in list(best.items()):
+            for end, n, (gain, pieces) in steps:
+                candidate = (score + gain + gain_per_digit * n, chosen + pieces)
+                if at == start and (count is None or total + n <= count) and \
+                        candidate[0] > best.get((end, total + n), (-torch.inf,))[0]:
+                    best[end, total + n] = candidate
+    ends = {total: option for (at, total), option in best.items() if at == len(found)}
+    if count is None:  # the clusters cut and joined as they read best
+        chosen = max(ends.values(), key=lambda option: option[0])[1]
+    elif count in ends:
+        chosen = ends[count][1]
+    else:  # as many as can be found
+        return find_digits(ink, level, read, sure, most)
     if len(chosen) > most:  # clusters few and narrow enough, cut into more
         raise TooManyDigits(f"more than {most} digits")
     return [(full_size(mask), uncertain) for mask, uncertain in chosen]
