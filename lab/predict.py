@@ -131,9 +131,9 @@ def read_image(source):
     return pixels.view(image.height, image.width).float() / 255, image
 
 
-def brightest_3x3_average(image):
-    """F.avg_pool2d(image[None, None], 3, stride=1, padding=1).max(), the same
-    sums in the same order, so the same number; but avg_pool2d's CPU kernel
+def average_3x3(image):
+    """F.avg_pool2d(image[None, None], 3, stride=1, padding=1)[0, 0], the same
+    sums in the same order, so the same numbers; but avg_pool2d's CPU kernel
     takes a single channel four times as long as these nine shifted sums."""
     height, width = image.shape
     padded = F.pad(image, (1, 1, 1, 1))
@@ -141,7 +141,12 @@ def brightest_3x3_average(image):
     for dy in range(3):
         for dx in range(3):
             sums += padded[dy:dy + height, dx:dx + width]
-    return sums.max() / 9
+    return sums / 9
+
+
+def brightest_3x3_average(image):
+    """How bright the brightest 3 x 3 square of `image` is on average."""
+    return average_3x3(image).max()
 
 
 def stroke_width(ink):
@@ -170,32 +175,29 @@ def thicken(ink):
     return F.max_pool1d(ink.T[:, None], 2 * radius + 1, stride=1, padding=radius)[:, 0].T
 
 
-def ink_level(ink):
-    """The ink's brightness: the brightest 3 x 3 average, which a lone speck of
-    noise cannot reach; NoInk if it is too faint to be writing."""
-    level = brightest_3x3_average(ink)
-    if level < MIN_INK_CONTRAST:
-        raise NoInk("no ink found: the image looks blank (or the digit is too faint)")
-    return level
-
-
 def ink_of(gray):
     """Grey levels [H, W] in [0, 1] -> the ink, white on black, over the paper's
     own level where it lies (segment.ink_on_black: shadows, uneven light and
-    printed lines taken away), scaled so that its brightest strokes are 1; NoInk
-    if there is none: pencil, coloured and grey ink read as a dark pen does."""
+    printed lines taken away), and its 3 x 3 averages, both scaled so that the
+    brightest strokes are 1: pencil, coloured and grey ink read as a dark pen
+    does. NoInk if the brightest 3 x 3 average, which a lone speck of noise
+    cannot reach, is too faint to be writing."""
     ink = segment.ink_on_black(gray)
-    return ink / ink_level(ink)
+    around = average_3x3(ink)
+    level = around.max()
+    if level < MIN_INK_CONTRAST:
+        raise NoInk("no ink found: the image looks blank (or the digit is too faint)")
+    return ink / level, around / level
 
 
 def centred(ink):
     """The ink [H, W], white on black, its strokes 1 -> a 28 x 28 digit as
     MNIST's were: faint shadows dropped, cropped, longer side 20 pixels,
     centred by mass."""
-    ink = ink.clamp(max=1)
-    ink = torch.where(ink < segment.INK, 0, ink)
-    rows, columns = ink.sum(dim=1).nonzero(), ink.sum(dim=0).nonzero()
-    ink = thicken(ink[rows[0]:rows[-1] + 1, columns[0]:columns[-1] + 1])  # cropped to the ink
+    inked = ink >= segment.INK
+    rows, columns = inked.any(dim=1).nonzero(), inked.any(dim=0).nonzero()
+    crop = (slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1))
+    ink = thicken(torch.where(inked[crop], ink[crop].clamp(max=1), 0))  # cropped to the ink
     height, width = ink.shape
     scale = 20 / max(height, width)
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
@@ -212,18 +214,17 @@ def centred(ink):
     return frame
 
 
-def alone(ink):
-    """The ink of an image of one digit, as ink_of gives it -> the 28 x 28 digit:
-    specks of noise left out (ink is a quarter as bright as the strokes over a
-    3 x 3 square too; a speck is not), so that they do not widen the crop."""
-    around = F.avg_pool2d(ink.clamp(max=1)[None], 3, stride=1, padding=1,
-                          count_include_pad=False)[0]
+def alone(ink, around):
+    """The ink of an image of one digit and its 3 x 3 averages, as ink_of gives
+    them -> the 28 x 28 digit, specks of noise left out (ink is a quarter as
+    bright as the strokes over a 3 x 3 square too; a speck is not), so that
+    they do not widen the crop."""
     return centred(torch.where(around < segment.INK, 0, ink))
 
 
 def prepare(gray):
     """Grey levels [H, W] in [0, 1] -> the 28 x 28 digit the model reads."""
-    return alone(ink_of(gray))
+    return alone(*ink_of(gray))
 
 
 @torch.no_grad()  # per thread: draw.py's server asks from several at once
@@ -239,7 +240,7 @@ def read_digits(gray, model, checkpoint, count=None):
     """The digits in an image, left to right: [(28 x 28 digit, probabilities,
     uncertain)]. One digit alone is the whole image's ink prepared; in a row,
     each digit is its own, prepared the same way."""
-    ink = ink_of(gray)
+    ink, around = ink_of(gray)
     normalization = checkpoint["normalization"]
 
     def prepared(mask):  # the mask widened by a pixel, for the strokes' soft edges; each
@@ -260,7 +261,7 @@ def read_digits(gray, model, checkpoint, count=None):
     except segment.TooManyDigits:
         raise ImageError(f"more than {MAX_DIGITS} digits: a row of at most {MAX_DIGITS} "
                          f"is read") from None
-    digits = [alone(ink)] if len(found) == 1 else [prepared(mask) for mask, _ in found]
+    digits = [alone(ink, around)] if len(found) == 1 else [prepared(mask) for mask, _ in found]
     probabilities = class_probabilities(model, torch.stack(digits), normalization)
     return [(digit, p, uncertain and len(found) > 1)
             for digit, p, (_, uncertain) in zip(digits, probabilities, found)]

@@ -24,7 +24,7 @@ INK = 0.25
 # The paper's light is estimated at most this many pixels a side, and the
 # digits are found at most SEGMENT_SIZE a side (a 1 to 2-pixel gap between
 # digits on a 1,024-pixel photo may close): both far quicker than at full size.
-PAPER_SIZE, SEGMENT_SIZE = 128, 512
+PAPER_SIZE, SEGMENT_SIZE = 64, 512
 # Printed lines (ruled and squared paper, a margin) are found at most LINES_SIZE
 # pixels a side: ink at least LINE_INK bright (in [0, 1] above the paper), in a
 # line that runs to within LINE_REACH of both opposite edges of the image,
@@ -84,35 +84,41 @@ def ink_on_black(gray):
     Light paper is inverted first: the paper is most of the image's border, and
     the ink is dark where the image strays further below the border's level than
     above it (a page in dim light is dark, its ink darker still)."""
-    smooth = F.avg_pool2d(gray[None], 5, stride=1, padding=2, count_include_pad=False)
     shrink = -(-max(gray.shape) // PAPER_SIZE)
-    small = F.avg_pool2d(smooth, shrink, ceil_mode=True)[0]
+    small = F.avg_pool2d(gray[None], shrink, ceil_mode=True)
+    small = F.avg_pool2d(small, 5, stride=1, padding=2, count_include_pad=False)[0]
     border = torch.cat([small[0], small[-1], small[:, 0], small[:, -1]]).median()
     if border - small.min() > small.max() - border:
         gray, small = 1 - gray, 1 - small
     paper = opening(small, min(small.shape) // 2 * 2 + 1)
     paper = F.interpolate(paper[None, None], size=gray.shape, mode="bilinear")[0, 0]
-    ink = (gray - paper).clamp(min=0)
-    # the lines' own level taken away, so that a darker stroke crossing one is kept
-    lines = torch.maximum(printed_lines(ink), printed_lines(ink.T).T)
-    return (ink - lines).clamp(min=0)
+    ink = (gray - paper).clamp_(min=0)
+    # printed lines taken away at their own level, so that a darker stroke crossing one is kept
+    across, down = printed_lines(ink), printed_lines(ink.T)
+    if across is not None:
+        ink = (ink - across).clamp_(min=0)
+    if down is not None:
+        ink = (ink - down.T).clamp_(min=0)
+    return ink
 
 
 def printed_lines(ink):
     """The level of the printed lines that run across `ink` [H, W] near
-    horizontal (ruled and squared paper's), where they lie, else 0. A line:
+    horizontal (ruled and squared paper's), where they lie, else 0; None if
+    there are none. A line:
     ink that runs to within LINE_REACH of both sides, within LINE_TILT degrees
     of horizontal, at most LINE_WIDTH of the height wide. Found at most
     LINES_SIZE pixels a side, as ink along a few rows once the image is sheared
     by each tilt in turn (a Hough transform kept to the lines that matter)."""
+    side = int(LINE_REACH * ink.shape[1])
+    if ink[:, :side].max() < LINE_INK or ink[:, -side:].max() < LINE_INK:
+        return None  # no ink near both sides (a drawing on the page's canvas): quickly done
     shrink = -(-max(ink.shape) // LINES_SIZE)
     smooth = F.avg_pool2d(ink[None], 3, stride=1, padding=1, count_include_pad=False)
     small = F.max_pool2d(smooth, shrink, ceil_mode=True)[0]  # thin lines kept
     peaks = F.max_pool2d(ink[None], shrink, ceil_mode=True)[0]  # (smoothing dims a thin line)
     height, width = small.shape
-    reach = math.ceil(LINE_REACH * width)
-    if not (small[:, :reach] >= LINE_INK).any() or not (small[:, -reach:] >= LINE_INK).any():
-        return torch.zeros_like(ink)  # nothing reaches both sides (a digit on plain paper)
+    reach = int(LINE_REACH * width)  # (a 1 filling 90 % of the photo reaches no nearer)
     tilts = torch.linspace(-LINE_TILT, LINE_TILT, 4 * LINE_TILT + 1)  # every half degree
     # each tilt's row offset at each column, from the middle: [T, W]
     offsets = ((torch.arange(width) - width / 2)[None] * torch.tan(tilts * math.pi / 180)[:, None]
@@ -130,7 +136,7 @@ def printed_lines(ink):
     lines = (first < reach) & (last >= width - reach) & (
         inked.sum(dim=2) >= (1 - 2 * LINE_REACH) * width)  # [T, H]
     if not lines.any():
-        return torch.zeros_like(ink)
+        return None
     # the tilt whose lines are sharpest: their ink gathered in the fewest rows
     tilt = ((sheared * lines[:, :, None]).sum(dim=2) ** 2).sum(dim=1).argmax()
     lines, level = lines[tilt].tolist(), torch.zeros(height)
@@ -142,7 +148,9 @@ def printed_lines(ink):
         while end < height and lines[end]:
             end += 1
         if end - start - 2 <= max(1, LINE_WIDTH * height):  # (`near` widened it by 2)
-            level[start:end] = line_peaks[start:end].amax(dim=0).median()
+            # its level: the lower quartile along it (strokes lying along a line, a 9's
+            # stem and loop, may cover half of it), a fifth more for light that varies
+            level[start:end] = 1.2 * line_peaks[start:end].amax(dim=0).quantile(0.25)
     rows = torch.arange(height)[:, None] - offsets[tilt][None]  # back from sheared rows
     level = torch.where((rows >= 0) & (rows < height), level[rows.clamp(0, height - 1)], 0.0)
     level = level.repeat_interleave(shrink, 0).repeat_interleave(shrink, 1)
