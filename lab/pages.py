@@ -40,11 +40,12 @@ RULED_LINE, MARGIN, SQUARES = (150, 195, 235), (225, 85, 90), (160, 175, 200)
 # name: how many digits, and how they are drawn (ranges are drawn from evenly):
 #   pen: a PENS colour, "colours" (COLOURS in turn) or "pencil" (`darker` levels);
 #   stroke: "ballpoint" (thinner than MNIST's, 80-95 % ink), "felt" (wider, full
-#   ink) or "pencil" (grainy); paper: "white", "ruled" (light-blue lines and a red
-#   margin) or "squared"; paper_level: the paper's grey, 0-255; light: "even",
-#   "uneven" (falling to 70-90 % across the page) or "dim" (40-55 % of it, and
-#   noisier); tilt: degrees either way; jpeg: the quality, or None for PNG (half
-#   the pencil pages, as a scanner saves them).
+#   ink), "pencil" (grainy: the paper's tooth shows through) or "even" (MNIST's
+#   own); paper: "white", "ruled" (light-blue lines and a red margin) or
+#   "squared"; paper_level: the paper's grey, 0-255; light: "even", "uneven"
+#   (falling to 70-90 % across the page) or "dim" (40-55 % of it, and noisier);
+#   tilt: degrees either way; jpeg: the quality (half the pencil and grey-ink
+#   pages are PNG instead, as a scanner saves them).
 KINDS = {
     "pencil": dict(count=40, pen="pencil", darker=(70, 110), stroke="pencil", paper="white",
                    paper_level=(205, 235), light="uneven", tilt=0, jpeg=85),
@@ -65,6 +66,8 @@ KINDS = {
                       paper_level=(220, 245), light="dim", tilt=0, jpeg=(70, 90)),
     "low JPEG quality": dict(count=40, pen="black", stroke="ballpoint", paper="white",
                              paper_level=(220, 245), light="uneven", tilt=0, jpeg=(25, 45)),
+    "grey ink": dict(count=40, pen="pencil", darker=(70, 110), stroke="even", paper="white",
+                     paper_level=(205, 235), light="uneven", tilt=0, jpeg=85),
 }
 
 
@@ -123,7 +126,7 @@ def page(image, kind, index, rng):
         ink = ((ink - 0.35) / 0.65).clamp(0, 1) * rng.uniform(0.8, 0.95)
     elif settings["stroke"] == "felt":
         ink = (ink * 1.6).clamp(0, 1)
-    else:  # a pencil's grain: the paper's tooth shows through the stroke
+    elif settings["stroke"] == "pencil":  # its grain
         grain = torch.rand(ink.shape, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
         ink = ink * F.avg_pool2d((0.55 + 0.45 * grain)[None], 3, stride=1, padding=1)[0]
     paper_level = uniform(settings["paper_level"], rng)

@@ -1,13 +1,15 @@
 """Ask a trained model about your own images: a photo or a scan of a digit
-written on paper, any size, dark ink on light paper or light on dark, or of a
-row of digits side by side (a ZIP code, a phone number: segment.py finds them).
+written on paper, any size, in pencil or any pen, on plain, ruled or squared
+paper, dark ink on light paper or light on dark, or of a row of digits side by
+side (a ZIP code, a phone number: segment.py finds them).
 
     python -m lab.predict model.pt photo.jpg [more.png ...]
     python -m lab.predict model.pt photo.jpg --show seen/    # what the model saw
     python -m lab.predict model.pt zip.jpg --digits 5        # a row of 5 digits
 
 Each image is prepared as the MNIST digits were (LeCun et al.): grey levels,
-background black and ink white, cropped to the ink, scaled so that its longer
+background black and ink white (the ink measured against the paper's own level
+where it lies, printed lines taken away), cropped to the ink, scaled so that its longer
 side is 20 pixels, and placed in a 28 x 28 frame with its centre of mass in the
 middle. Strokes thinner than MNIST's (a fine pen, a mouse) are widened to
 MNIST's width for the digit's size first. (Fashion-MNIST's pictures were

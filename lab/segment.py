@@ -2,12 +2,14 @@
 student ID, written side by side), for predict.py and draw.py, which read each
 digit found as they read a single one.
 
-    ink = segment.ink_on_black(gray)    # paper black, ink white, even light
+    ink = segment.ink_on_black(gray)    # paper black, ink white, even light, no lines
     digits = segment.find_digits(ink, level, read, sure, most)
     # [(mask, uncertain)], left to right; read(masks): the model's probabilities
 
 The ink falls apart into strokes that do not touch. Strokes above one another
-are one digit: a 5's bar, a 4 written in two strokes. A cluster too wide for
+are one digit: a 5's bar, a 4 written in two strokes, an 8 whose loops do not
+meet; neighbours that nearly meet are one where the model reads them more
+surely so. A cluster too wide for
 one digit is cut along the paths from top to bottom that cross the least ink,
 and the model chooses among the cuttings: the one whose digits it reads most
 surely, the "heuristic over-segmentation" of LeCun, Bottou, Bengio and Haffner

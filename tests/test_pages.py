@@ -279,15 +279,18 @@ def test_drawings_on_the_page_are_answered_as_before(drawn_digit_model):
 
 def test_pages_py_draws_each_kind_of_page_and_measures(capsys, checkpoint, mnist, tmp_path,
                                                        monkeypatch):
-    monkeypatch.setattr(pages, "KINDS", {name: {**kind, "count": 2}
+    counts = {name: 2 if name == "pencil" else 1 for name in pages.KINDS}  # pencil 2: a PNG
+    monkeypatch.setattr(pages, "KINDS", {name: {**kind, "count": counts[name]}
                                          for name, kind in pages.KINDS.items()})
     code, stdout, err = run(capsys, pages, checkpoint, "--data-dir", mnist, "--save",
                             tmp_path / "pages")
     assert code == 0, err
-    rows = re.findall(r"^\| ([^|]+) \| 2 \| (\d) \| (\d) \| (\d) \| (\d) \|$", stdout, re.M)
+    rows = re.findall(r"^\| ([^|]+) \| (\d) \| (\d) \| (\d) \| (\d) \| (\d) \|$", stdout,
+                      re.M)
     assert [name for name, *_ in rows] == list(pages.KINDS)
-    assert all(sum(map(int, counts)) == 2 for _, *counts in rows)
+    assert all(int(count) == counts[name] == sum(map(int, each))
+               for name, count, *each in rows)
     saved = os.listdir(tmp_path / "pages")
-    assert len(saved) == 2 * len(pages.KINDS)
+    assert len(saved) == sum(counts.values())
     assert any(re.fullmatch(r"ruled-paper-0-\d-read-\w+\.jpg", name) for name in saved)
     assert any(name.endswith(".png") for name in saved)  # half the pencil pages: scanned

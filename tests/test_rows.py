@@ -76,7 +76,8 @@ def test_the_paper_is_found_under_uneven_light_and_noise():
     found = segment.ink_on_black(gray)
     inked = found >= segment.INK * predict.brightest_3x3_average(found)
     assert inked[paper].float().mean() < 0.01 and inked[ink == 1].float().mean() > 0.95
-    # prepare()'s way, one level of paper for the whole page, takes the shadow for ink
+    # one level of paper for the whole page, the border's (as a lone digit was once
+    # prepared), takes the shadow for ink
     border = torch.cat([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     above_paper = (border.median() - gray).clamp(min=0)
     inked = above_paper >= segment.INK * predict.brightest_3x3_average(above_paper)
@@ -188,7 +189,7 @@ def test_a_row_of_class_names_is_answered_name_by_name():
     assert predict.answer(digits, ["0", "1"], None)[0] == "0?"
 
 
-def test_one_digit_alone_is_prepared_and_answered_as_ever(checkpoint, tmp_path):
+def test_one_digit_alone_is_prepared_as_prepare_prepares_it(checkpoint, tmp_path):
     model, saved = load_checkpoint(checkpoint)
     for large in digit_drawings():
         as_photo(large, tmp_path / "digit.jpg")
