@@ -84,13 +84,14 @@ def ink_on_black(gray):
     down, and shrunk to at most PAPER_SIZE pixels a side, as light changes
     slowly) taken away, shadows and uneven light with it, and its printed lines.
     Light paper is inverted first: the paper is most of the image's border, and
-    the ink is dark where the image strays further below the border's level than
-    above it (a page in dim light is dark, its ink darker still)."""
+    on paper lighter than mid-grey the ink is dark; on darker paper, where the
+    image strays further below the border's level than above it (a page in dim
+    light is dark, its ink darker still; a blackboard's chalk is light)."""
     shrink = -(-max(gray.shape) // PAPER_SIZE)
     small = F.avg_pool2d(gray[None], shrink, ceil_mode=True)
     small = F.avg_pool2d(small, 5, stride=1, padding=2, count_include_pad=False)[0]
     border = torch.cat([small[0], small[-1], small[:, 0], small[:, -1]]).median()
-    if border - small.min() > small.max() - border:
+    if border > 0.5 or border - small.min() > small.max() - border:
         gray, small = 1 - gray, 1 - small
     paper = opening(small, min(small.shape) // 2 * 2 + 1)
     paper = F.interpolate(paper[None, None], size=gray.shape, mode="bilinear")[0, 0]
