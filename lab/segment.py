@@ -113,7 +113,7 @@ def printed_lines(ink):
     of horizontal, at most LINE_WIDTH of the height wide. Found at most
     LINES_SIZE pixels a side, as ink along a few rows once the image is sheared
     by each tilt in turn (a Hough transform kept to the lines that matter)."""
-    side = int(LINE_REACH * ink.shape[1])
+    side = max(1, int(LINE_REACH * ink.shape[1]))
     if ink[:, :side].max() < LINE_INK or ink[:, -side:].max() < LINE_INK:
         return None  # no ink near both sides (a drawing on the page's canvas): quickly done
     shrink = -(-max(ink.shape) // LINES_SIZE)

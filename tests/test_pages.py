@@ -207,6 +207,15 @@ def test_a_1_filling_the_photo_is_not_a_line(drawn_digit_model):
         assert ink.amax(dim=1).gt(0.5).sum() >= 0.89 * height
 
 
+def test_images_too_small_for_a_line_s_margin_are_read(drawn_digit_model):
+    model, checkpoint = loaded(drawn_digit_model)
+    for height, width in ((3, 3), (12, 5), (30, 4)):  # 5 % of the width: under a pixel
+        gray = torch.ones(height, width)
+        gray[:, width // 2] = 0  # a 1, down the middle
+        digits = predict.read_digits(gray, model, checkpoint)
+        assert predict.answer(digits, checkpoint["classes"], None)[0] == "1"
+
+
 # ----------------------------------------------------------------------------
 # A digit's pieces stay one digit
 
