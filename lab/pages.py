@@ -20,6 +20,7 @@ if not __package__:  # python lab/pages.py: Python would look for cli.py and the
 
 import io
 import math
+import os
 import random
 
 import torch
@@ -98,8 +99,7 @@ def paper_lines(kind, rng, size, inset):
     colour each pixel takes [size, size] in [0, 1], and the colour of each
     pixel's line [3, size, size]."""
     cover = torch.zeros(size, size)
-    colour = torch.tensor(RULED_LINE, dtype=torch.float)[:, None, None].expand(3, size, size)
-    colour = colour.clone()
+    colour = torch.tensor(RULED_LINE, dtype=torch.float)[:, None, None].repeat(1, size, size)
     if kind == "ruled":
         spacing = rng.uniform(0.09, 0.13) * size  # 7-9 mm lines on a 7 cm wide photo
         for y in torch.arange(rng.uniform(0, spacing), size, spacing).tolist():
@@ -135,7 +135,7 @@ def page(image, kind, index, rng):
     if pen == "pencil":
         pen_rgb = (paper - uniform(settings["darker"], rng)).clamp(min=0)
     else:
-        pen_rgb = torch.tensor(PENS[COLOURS[index % 4] if pen == "colours" else pen],
+        pen_rgb = torch.tensor(PENS[COLOURS[index % len(COLOURS)] if pen == "colours" else pen],
                                dtype=torch.float)
     rgb = paper[:, None, None].expand(3, big, big).clone()
     inner = (big - SIZE) // 2
@@ -143,8 +143,7 @@ def page(image, kind, index, rng):
     rgb = rgb * (1 - cover) + line_colour * cover
     # the digit somewhere in the page's middle, right of a ruled page's margin
     top = inner + rng.randint(round(0.05 * SIZE), SIZE - ink.shape[0] - round(0.05 * SIZE))
-    left = inner + rng.randint(round(0.17 * SIZE), max(round(0.17 * SIZE),
-                                                        SIZE - ink.shape[1] - round(0.05 * SIZE)))
+    left = inner + rng.randint(round(0.17 * SIZE), SIZE - ink.shape[1] - round(0.05 * SIZE))
     alpha = torch.zeros(big, big)
     alpha[top:top + ink.shape[0], left:left + ink.shape[1]] = ink
     rgb = rgb * (1 - alpha) + pen_rgb[:, None, None] * alpha
@@ -218,7 +217,7 @@ def main(argv=None):
             if args.save and index < 2:
                 name = f"{kind.replace(' ', '-').replace(',', '')}-{index}-{truth}-read-" \
                        f"{read.replace('?', '_') or 'nothing'}.{extension}"
-                with open(f"{args.save}/{name}", "wb") as f:
+                with open(os.path.join(args.save, name), "wb") as f:
                     f.write(image)
         count = settings["count"]
         print(f"| {kind} | {count} | {right} | {blank} | {count - right - blank - several} | "

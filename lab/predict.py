@@ -240,8 +240,9 @@ def class_probabilities(model, digits, normalization):
 
 def read_digits(gray, model, checkpoint, count=None):
     """The digits in an image, left to right: [(28 x 28 digit, probabilities,
-    uncertain)]. One digit alone is the whole image's ink prepared; in a row,
-    each digit is its own, prepared the same way."""
+    uncertain)]. One digit alone is the whole image's ink prepared, specks left
+    out (alone); in a row, each digit is its own ink under its mask (the mask
+    already leaves specks out), prepared the same way otherwise."""
     ink, around = ink_of(gray)
     normalization = checkpoint["normalization"]
 
@@ -259,7 +260,7 @@ def read_digits(gray, model, checkpoint, count=None):
     smoothing = checkpoint["train_args"]["label_smoothing"]
     sure = 1 - smoothing + smoothing / len(checkpoint["classes"])
     try:
-        found = segment.find_digits(ink, 1.0, read, sure, MAX_DIGITS, count)
+        found = segment.find_digits(ink, read, sure, MAX_DIGITS, count)
     except segment.TooManyDigits:
         raise ImageError(f"more than {MAX_DIGITS} digits: a row of at most {MAX_DIGITS} "
                          f"is read") from None

@@ -3,7 +3,7 @@ student ID, written side by side), for predict.py and draw.py, which read each
 digit found as they read a single one.
 
     ink = segment.ink_on_black(gray)    # paper black, ink white, even light, no lines
-    digits = segment.find_digits(ink, level, read, sure, most)
+    digits = segment.find_digits(ink, read, sure, most)  # ink: its strokes 1
     # [(mask, uncertain)], left to right; read(masks): the model's probabilities
 
 The ink falls apart into strokes that do not touch. Strokes above one another
@@ -31,12 +31,13 @@ PAPER_SIZE, SEGMENT_SIZE = 64, 512
 # pixels a side: ink at least LINE_INK bright (in [0, 1] above the paper), in a
 # line that runs to within LINE_REACH of both opposite edges of the image,
 # within LINE_TILT degrees of horizontal or vertical, at most LINE_WIDTH of the
-# image wide (a pen's 1 filling the photo is wider).
+# image wide (a pen's 1 filling 90 % of the photo is wider, and reaches no nearer).
 LINES_SIZE, LINE_INK, LINE_REACH, LINE_TILT, LINE_WIDTH = 256, 0.05, 0.05, 5, 0.02
 # Strokes of fewer pixels than 2 % of the largest are specks of dust or noise.
 SPECK = 0.02
 # Strokes lower than 0.4 of the tallest are marks, not digits: part of the digit
-# they lie within (a 5's bar), else left out (a hyphen, a dot).
+# they lie within (a 5's bar), else left out (a hyphen, a dot); and so is a piece
+# cut from a cluster lower than 0.4 of the row's height (a 7's bar cut off its stem).
 MARK = 0.4
 # Strokes whose widths overlap by half the narrower one are one digit.
 SAME_DIGIT = 0.5
@@ -84,9 +85,10 @@ def ink_on_black(gray):
     down, and shrunk to at most PAPER_SIZE pixels a side, as light changes
     slowly) taken away, shadows and uneven light with it, and its printed lines.
     Light paper is inverted first: the paper is most of the image's border, and
-    on paper lighter than mid-grey the ink is dark; on darker paper, where the
-    image strays further below the border's level than above it (a page in dim
-    light is dark, its ink darker still; a blackboard's chalk is light)."""
+    on paper lighter than mid-grey the ink is dark; on darker paper the ink is
+    dark where the image strays further below the border's level than above it
+    (a page in dim light is dark, its ink darker still; a blackboard's chalk is
+    light)."""
     shrink = -(-max(gray.shape) // PAPER_SIZE)
     small = F.avg_pool2d(gray[None], shrink, ceil_mode=True)
     small = F.avg_pool2d(small, 5, stride=1, padding=2, count_include_pad=False)[0]
@@ -121,7 +123,7 @@ def printed_lines(ink):
     small = F.max_pool2d(smooth, shrink, ceil_mode=True)[0]  # thin lines kept
     peaks = F.max_pool2d(ink[None], shrink, ceil_mode=True)[0]  # (smoothing dims a thin line)
     height, width = small.shape
-    reach = int(LINE_REACH * width)  # (a 1 filling 90 % of the photo reaches no nearer)
+    reach = int(LINE_REACH * width)  # (0 for an image under 20 pixels: no lines found)
     tilts = torch.linspace(-LINE_TILT, LINE_TILT, 4 * LINE_TILT + 1)  # every half degree
     # each tilt's row offset at each column, from the middle: [T, W]
     offsets = ((torch.arange(width) - width / 2)[None] * torch.tan(tilts * math.pi / 180)[:, None]
@@ -213,16 +215,16 @@ def clusters(mask):
             found[best] = [found[best][0] + [i], joined(found[best][1], box)]
         else:
             found.append([[i], box])
-    stacked = next(((a, b) for a in range(len(found)) for b in range(a)
-                    if one_above_the_other(found[a][1], found[b][1])), None)
     pieces = [[box] for _, box in found]  # each digit's pieces one above the other
-    while stacked:  # an 8's two loops, an italic 8 whose loops do not meet: one digit
-        a, b = stacked
+    while True:  # an 8's two loops, an italic 8 whose loops do not meet: one digit
+        stacked = [(a, b) for a in range(len(found)) for b in range(a)
+                   if one_above_the_other(found[a][1], found[b][1])]
+        if not stacked:
+            break
+        a, b = stacked[0]
         found[b] = [found[b][0] + found[a][0], joined(found[b][1], found[a][1])]
         pieces[b] += pieces.pop(a)
         del found[a]
-        stacked = next(((a, b) for a in range(len(found)) for b in range(a)
-                        if one_above_the_other(found[a][1], found[b][1])), None)
     height = sorted(box[3] - box[1] for _, box in found)[len(found) // 2]
     # a digit of pieces one above the other, none of them wider than a digit, is not cut
     whole = [len(boxes) > 1 and all(box[2] - box[0] <= WIDE * height for box in boxes)
@@ -309,13 +311,13 @@ def cuttings(mask, box, height, read, sure, narrow_too=False, whole=False):
             if (i, j) == (0, len(cuts) - 1) or (
                     NARROWEST * height <= middles[j] - middles[i] <= WIDEST * height):
                 piece = region & (columns >= cuts[i][0][:, None]) & (columns < cuts[j][0][:, None])
-                rows = piece.any(dim=1).nonzero()
+                rows = piece.any(dim=1).nonzero()[:, 0].tolist()
                 # (a piece lower than a digit is a mark: a 7's bar cut off its stem is not a 4)
-                if len(rows) and ((i, j) == (0, len(cuts) - 1)
-                                  or rows[-1] - rows[0] + 1 >= MARK * height):
-                    whole = torch.zeros_like(mask)
-                    whole[y0:y1, x0:x1] = piece
-                    pieces[i, j] = whole
+                if rows and ((i, j) == (0, len(cuts) - 1)
+                             or rows[-1] - rows[0] + 1 >= MARK * height):
+                    on_the_page = torch.zeros_like(mask)
+                    on_the_page[y0:y1, x0:x1] = piece
+                    pieces[i, j] = on_the_page
     surety = dict(zip(pieces, (read(list(pieces.values())).max(dim=1).values / sure).tolist()))
     best = {(0, 0): (0.0, [])}  # (cut, digits so far): the best score and its pieces
     for j in range(1, len(cuts)):
@@ -331,15 +333,15 @@ def cuttings(mask, box, height, read, sure, narrow_too=False, whole=False):
             for (end, count), (score, chosen) in best.items() if end == len(cuts) - 1}
 
 
-def find_digits(ink, level, read, sure, most, count=None):
+def find_digits(ink, read, sure, most, count=None):
     """The digits in a row, left to right: [(mask, uncertain)]. `ink` is
-    ink_on_black's, `level` its brightness; read(masks) gives the model's
-    probabilities [N, classes] for the ink under each mask; `sure` is the
+    ink_on_black's, scaled so that its brightest strokes are 1; read(masks)
+    gives the model's probabilities [N, classes] for the ink under each mask; `sure` is the
     probability the model's training aimed the right class at. With `count`,
     exactly that many digits if the ink can be cut so; more than `most`:
     TooManyDigits."""
     smooth = F.avg_pool2d(ink[None], 3, stride=1, padding=1, count_include_pad=False)[0]
-    inked = smooth >= INK * level
+    inked = smooth >= INK
     shrink = -(-max(inked.shape) // SEGMENT_SIZE)
     small = F.max_pool2d(inked[None].float(), shrink, ceil_mode=True)[0] > 0
     found, height = clusters(small)
@@ -371,9 +373,11 @@ def find_digits(ink, level, read, sure, most, count=None):
         if start in joins:
             steps.append((start + 2, 1, joins[start]))
         for (at, total), (score, chosen) in list(best.items()):
+            if at != start:
+                continue
             for end, n, (gain, pieces) in steps:
                 candidate = (score + gain + gain_per_digit * n, chosen + pieces)
-                if at == start and (count is None or total + n <= count) and \
+                if (count is None or total + n <= count) and \
                         candidate[0] > best.get((end, total + n), (-torch.inf,))[0]:
                     best[end, total + n] = candidate
     ends = {total: option for (at, total), option in best.items() if at == len(found)}
@@ -382,7 +386,7 @@ def find_digits(ink, level, read, sure, most, count=None):
     elif count in ends:
         chosen = ends[count][1]
     else:  # as many as can be found
-        return find_digits(ink, level, read, sure, most)
+        return find_digits(ink, read, sure, most)
     if len(chosen) > most:  # clusters few and narrow enough, cut into more
         raise TooManyDigits(f"more than {most} digits")
     return [(full_size(mask), uncertain) for mask, uncertain in chosen]

@@ -129,7 +129,8 @@ def test_pencil_coloured_pens_and_dim_light_read_as_a_dark_pen(drawn_digit_model
             assert read(image, drawn_digit_model) == dark_pen, (digit, kind)
 
 
-def test_the_faintest_ink_is_a_fifth_of_the_way_from_paper_to_black():
+def test_the_faintest_ink_is_51_grey_levels_darker_than_the_paper():
+    """MIN_INK_CONTRAST, 0.2 of the range from white to black, whatever the paper's level."""
     for darker, found in ((60, True), (45, False)):
         gray = grey_levels(drawing(pen_strokes(3, random.Random(0), 300), 12, 300))
         page = 0.85 - darker / 255 * (1 - gray)
@@ -232,7 +233,7 @@ def found(strokes, size, read_masks=None):
     def every_piece_sure(masks):
         return F.one_hot(torch.zeros(len(masks), dtype=torch.long), 10).float()
 
-    digits = segment.find_digits(ink, 1.0, read_masks or every_piece_sure, 1.0, 20)
+    digits = segment.find_digits(ink, read_masks or every_piece_sure, 1.0, 20)
     return [(mask.any(dim=0).nonzero()[[0, -1], 0].tolist()) for mask, _ in digits]
 
 

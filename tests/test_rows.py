@@ -178,9 +178,9 @@ def test_a_row_cut_into_more_than_the_most_digits_is_too_many():
     def read(masks):  # every piece read as sure as a model gets
         return F.one_hot(torch.zeros(len(masks), dtype=torch.long), 10).float()
 
-    assert len(segment.find_digits(ink, 1.0, read, 1.0, 6)) == 6
+    assert len(segment.find_digits(ink, read, 1.0, 6)) == 6
     with pytest.raises(segment.TooManyDigits):
-        segment.find_digits(ink, 1.0, read, 1.0, 5)  # two clusters, cut into six
+        segment.find_digits(ink, read, 1.0, 5)  # two clusters, cut into six
 
 
 def test_a_row_of_class_names_is_answered_name_by_name():
@@ -189,7 +189,7 @@ def test_a_row_of_class_names_is_answered_name_by_name():
     assert predict.answer(digits, ["0", "1"], None)[0] == "0?"
 
 
-def test_one_digit_alone_is_prepared_as_prepare_prepares_it(checkpoint, tmp_path):
+def test_a_lone_digit_is_read_as_prepare_makes_it(checkpoint, tmp_path):
     model, saved = load_checkpoint(checkpoint)
     for large in digit_drawings():
         as_photo(large, tmp_path / "digit.jpg")
