@@ -198,8 +198,8 @@ def test_a_7_whose_bar_lies_on_a_line_keeps_its_bar(drawn_digit_model):
 
 
 def test_a_1_filling_the_photo_is_not_a_line(drawn_digit_model):
-    for height in (400, 1000):  # the ink from 5 % of the height to 95 %
-        pen = round(0.06 * height)
+    for height, pen in ((400, 24), (400, 5), (1000, 60), (1000, 12)):  # thick and fine pens
+        # the ink from 5 % of the height to 95 %
         top, bottom = 0.05 * height + pen / 2, 0.95 * height - pen / 2
         image = png(drawing([[(0.52 * height, top), (0.48 * height, bottom)]], pen,
                             (height, height)))
