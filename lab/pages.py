@@ -29,7 +29,7 @@ from PIL import Image
 
 import cli
 import data
-from checkpoint import CheckpointError, load_checkpoint
+from checkpoint import CheckpointError
 from lab import predict, zipcodes
 
 SIZE = 400  # the page, pixels a side
@@ -181,14 +181,9 @@ def page(image, kind, index, rng):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        model, checkpoint = load_checkpoint(args.checkpoint)
-        if checkpoint["dataset"] != "mnist":
-            raise CheckpointError(f"{args.checkpoint}: a {checkpoint['dataset']} model; "
-                                  f"pages of digits need an MNIST one")
-        images, labels = zipcodes.digits_of(args, checkpoint)
+        model, checkpoint, images, labels = zipcodes.model_and_digits(args, "pages of digits")
     except (CheckpointError, data.DataError) as error:
         sys.exit(f"error: {error}")
-    model.eval()
     rng = random.Random(args.seed)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(args.seed))
     classes = checkpoint["classes"]

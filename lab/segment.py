@@ -109,10 +109,10 @@ def ink_on_black(gray):
 
 def printed_lines(ink):
     """The level of the printed lines that run across `ink` [H, W] near
-    horizontal (ruled and squared paper's), where they lie, else 0; None if
-    there are none. A line:
-    ink that runs to within LINE_REACH of both sides, within LINE_TILT degrees
-    of horizontal, at most LINE_WIDTH of the height wide. Found at most
+    horizontal (ruled and squared paper's) where they lie, 0 elsewhere; None
+    if there are none. A line: ink that runs to within LINE_REACH of both
+    sides, within LINE_TILT degrees of horizontal, at most LINE_WIDTH of the
+    height wide. Found at most
     LINES_SIZE pixels a side, as ink along a few rows once the image is sheared
     by each tilt in turn (a Hough transform kept to the lines that matter)."""
     side = max(1, int(LINE_REACH * ink.shape[1]))
@@ -215,20 +215,17 @@ def clusters(mask):
             found[best] = [found[best][0] + [i], joined(found[best][1], box)]
         else:
             found.append([[i], box])
-    pieces = [[box] for _, box in found]  # each digit's pieces one above the other
+    found = [[ids, box, [box]] for ids, box in found]  # and the boxes of its pieces
     while True:  # an 8's two loops, an italic 8 whose loops do not meet: one digit
         stacked = [(a, b) for a in range(len(found)) for b in range(a)
                    if one_above_the_other(found[a][1], found[b][1])]
         if not stacked:
             break
         a, b = stacked[0]
-        found[b] = [found[b][0] + found[a][0], joined(found[b][1], found[a][1])]
-        pieces[b] += pieces.pop(a)
+        found[b] = [found[b][0] + found[a][0], joined(found[b][1], found[a][1]),
+                    found[b][2] + found[a][2]]
         del found[a]
-    height = sorted(box[3] - box[1] for _, box in found)[len(found) // 2]
-    # a digit of pieces one above the other, none of them wider than a digit, is not cut
-    whole = [len(boxes) > 1 and all(box[2] - box[0] <= WIDE * height for box in boxes)
-             for boxes in pieces]
+    height = sorted(box[3] - box[1] for _, box, _ in found)[len(found) // 2]
     for i, box in strokes:  # the marks, each with the digit it lies within
         if box[3] - box[1] < MARK * tallest:
             x, y = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
@@ -239,9 +236,11 @@ def clusters(mask):
                     digit[0].append(i)
                     digit[1] = joined(digit[1], box)
                     break
-    order = sorted(range(len(found)), key=lambda n: found[n][1][0])
-    return [(torch.isin(labels, torch.tensor(found[n][0])), found[n][1], whole[n])
-            for n in order], height
+    found.sort(key=lambda digit: digit[1][0])
+    # a digit of pieces one above the other, none of them wider than a digit, is whole
+    return [(torch.isin(labels, torch.tensor(ids)), box,
+             len(pieces) > 1 and all(piece[2] - piece[0] <= WIDE * height for piece in pieces))
+            for ids, box, pieces in found], height
 
 
 def one_above_the_other(box, other):

@@ -150,31 +150,32 @@ def edit_distance(a, b):
     return distances[-1]
 
 
-def digits_of(args, checkpoint):
-    """The images and labels that the rows are made of."""
+def model_and_digits(args, what):
+    """The model (to be asked, not trained), its checkpoint, and the images and
+    labels that `what` ("rows of digits") are made of: the test set's, or the
+    model's own validation digits as train.py held them out."""
+    model, checkpoint = load_checkpoint(args.checkpoint)
+    if checkpoint["dataset"] != "mnist":
+        raise CheckpointError(f"{args.checkpoint}: a {checkpoint['dataset']} model; "
+                              f"{what} need an MNIST one")
     if args.split == "test":
-        return data.load_split(args.data_dir, checkpoint["dataset"], "test")
+        return model.eval(), checkpoint, *data.load_split(args.data_dir, "mnist", "test")
     train_args = checkpoint["train_args"]
     if not train_args["val_size"]:
         raise data.DataError(f"{args.checkpoint} held out no validation digits "
                              f"(trained with --val-size 0): use --split test")
-    images, labels = data.load_split(args.data_dir, checkpoint["dataset"], "train")
+    images, labels = data.load_split(args.data_dir, "mnist", "train")
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(
         train_args["seed"]))[:train_args["val_size"]]  # as train.py split them
-    return images[order], labels[order]
+    return model.eval(), checkpoint, images[order], labels[order]
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        model, checkpoint = load_checkpoint(args.checkpoint)
-        if checkpoint["dataset"] != "mnist":
-            raise CheckpointError(f"{args.checkpoint}: a {checkpoint['dataset']} model; "
-                                  f"rows of digits need an MNIST one")
-        images, labels = digits_of(args, checkpoint)
+        model, checkpoint, images, labels = model_and_digits(args, "rows of digits")
     except (CheckpointError, data.DataError) as error:
         sys.exit(f"error: {error}")
-    model.eval()
     rng = random.Random(args.seed)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(args.seed))
     order = order.repeat(-(-args.rows * DIGITS_PER_ROW // len(labels)))  # more rows than digits
